@@ -1,0 +1,48 @@
+"""The ``tte2tee`` command line. Commands only parse options and call library functions.
+
+Examples::
+
+    tte2tee phantom --modality tee --n 8 --size 128 --out runs/phantom-tee
+    tte2tee phantom --modality tte --view a4c --n 16 --preview runs/a4c.png --out runs/a4c
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tte2tee_fast import __version__
+from tte2tee_fast.errors import InputError
+
+
+class _Group(click.Group):
+    """Click group that turns :class:`InputError` into one clear line and exit code 2."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except InputError as err:
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tte2tee")
+def main() -> None:
+    """tte2tee-fast: synthetic transesophageal echo from label masks.
+
+    \b
+    Examples:
+      tte2tee phantom --modality tee --n 8 --size 128 --out runs/phantom-tee
+      tte2tee phantom --modality tte --view a4c --n 16 --preview runs/a4c.png --out runs/a4c
+    """
+
+
+# Commands are registered below, one block per command; each block only parses options
+# and calls the library. Keep the library imports inside the command functions so that
+# `tte2tee --help` stays fast and import-time work stays at zero.
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
