@@ -102,4 +102,6 @@ def get_schema(name: str) -> LabelSchema:
     try:
         return SCHEMAS[name]
     except KeyError:
-        raise InputError(f"unknown label schema {name!r}; choose one of {sorted(SCHEMAS)}") from None
+        raise InputError(
+            f"unknown label schema {name!r}; choose one of {sorted(SCHEMAS)}"
+        ) from None

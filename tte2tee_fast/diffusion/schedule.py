@@ -25,14 +25,19 @@ class NoiseSchedule:
     alphas_cumprod: torch.Tensor  # [T] float64, decreasing, in (0, 1)
 
     @classmethod
-    def cosine(cls, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
+    def cosine(
+        cls, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999
+    ) -> NoiseSchedule:
         """Nichol & Dhariwal cosine schedule (diffusers ``squaredcos_cap_v2``)."""
 
         def abar(u: float) -> float:
             return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
         betas = np.array(
-            [min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), max_beta) for i in range(num_steps)],
+            [
+                min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), max_beta)
+                for i in range(num_steps)
+            ],
             dtype=np.float64,
         )
         return cls(torch.from_numpy(np.cumprod(1.0 - betas)))
@@ -65,7 +70,7 @@ class NoiseSchedule:
 
     @property
     def k_sigmas(self) -> torch.Tensor:  # [T] k-diffusion sigma = sqrt((1 - abar) / abar)
-        return (self.sigma / self.alpha)
+        return self.sigma / self.alpha
 
     @property
     def log_snr(self) -> torch.Tensor:  # [T] lambda = log(alpha / sigma)
@@ -77,13 +82,19 @@ class NoiseSchedule:
         s = self.sigma.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
         return a * x0 + s * noise
 
-    def timesteps(self, num_steps: int, spacing: str = "trailing", rho: float = 7.0) -> torch.Tensor:
+    def timesteps(
+        self, num_steps: int, spacing: str = "trailing", rho: float = 7.0
+    ) -> torch.Tensor:
         """Descending integer training timesteps ``[num_steps]`` (int64), as diffusers spaces them."""
         T = self.num_train_timesteps
         if spacing not in SPACINGS:
-            raise InputError(f"unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}")
+            raise InputError(
+                f"unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}"
+            )
         if not 1 <= num_steps <= T:
-            raise InputError(f"steps must be between 1 and {T} (the training steps), got {num_steps}")
+            raise InputError(
+                f"steps must be between 1 and {T} (the training steps), got {num_steps}"
+            )
         if spacing == "linspace":
             ts = np.linspace(0, T - 1, num_steps).round()[::-1]
         elif spacing == "leading":
