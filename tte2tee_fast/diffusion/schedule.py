@@ -85,7 +85,22 @@ class NoiseSchedule:
     def timesteps(
         self, num_steps: int, spacing: str = "trailing", rho: float = 7.0
     ) -> torch.Tensor:
-        """Descending integer training timesteps ``[num_steps]`` (int64), as diffusers spaces them."""
+        """Descending integer training timesteps ``[num_steps]`` (int64), as diffusers spaces them.
+
+        ``linspace``, ``leading`` and ``trailing`` are exactly diffusers' ``timestep_spacing`` rules
+        of ``DDIMScheduler`` / ``DDPMScheduler`` / ``EulerDiscreteScheduler`` (``steps_offset=0``;
+        Euler and Heun keep ``linspace`` unrounded, we round). ``DPMSolverMultistepScheduler`` and
+        ``UniPCMultistepScheduler`` space ``linspace`` / ``leading`` over ``n + 1`` points and drop
+        the last: that is ``timesteps(n + 1, spacing)[:-1]``; their ``trailing`` equals ours.
+
+        ``karras``: sigmas rho-spaced (Karras et al. 2022, eq. 5) between the schedule's smallest
+        and largest k-sigma, each mapped to the training timestep nearest in log-sigma (what
+        diffusers' ``use_karras_sigmas`` gives after rounding). Unlike diffusers we keep the sigma
+        *of that integer timestep* (the model sees the timestep that matches the noise level), and
+        where rounding makes neighbours collide (the cosine schedule's k-sigma jumps from ~640 to
+        ~2e4 over its last timestep) the list is repaired to the nearest strictly descending one,
+        so ``num_steps`` distinct timesteps always come back.
+        """
         T = self.num_train_timesteps
         if spacing not in SPACINGS:
             raise InputError(
@@ -101,10 +116,24 @@ class NoiseSchedule:
             ts = (np.arange(num_steps) * (T // num_steps)).round()[::-1]
         elif spacing == "trailing":
             ts = np.round(np.arange(T, 0, -T / num_steps)) - 1
-        else:  # karras: rho-spaced in k-sigma, each mapped to the nearest training timestep
-            log_s = self.k_sigmas.log().numpy()
-            s_min, s_max = float(np.exp(log_s[0])), float(np.exp(log_s[-1]))
-            ramp = np.linspace(0, 1, num_steps)
-            sig = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-            ts = np.abs(np.log(sig)[:, None] - log_s[None, :]).argmin(axis=1)
+        else:
+            if not rho > 0:
+                raise InputError(f"karras rho must be > 0, got {rho}")
+            ts = _karras_timesteps(self.k_sigmas.numpy(), num_steps, rho)
         return torch.from_numpy(np.ascontiguousarray(ts).astype(np.int64))
+
+
+def _karras_timesteps(k_sigmas: np.ndarray, n: int, rho: float) -> np.ndarray:
+    """Rho-spaced sigmas mapped to the nearest timesteps, then made strictly descending."""
+    log_s = np.log(k_sigmas)  # [T] increasing
+    T = log_s.shape[0]
+    # sigmas rho-spaced from sigma_max down to sigma_min
+    lo, hi = k_sigmas[0] ** (1 / rho), k_sigmas[-1] ** (1 / rho)
+    sig = (hi + np.linspace(0, 1, n) * (lo - hi)) ** rho
+    # nearest training timestep in log-sigma
+    ts = np.abs(np.log(sig)[:, None] - log_s[None, :]).argmin(axis=1)
+    # repair collisions: keep room for the steps on either side, then force a strict descent
+    ts = np.clip(ts, np.arange(n - 1, -1, -1), np.arange(T - 1, T - 1 - n, -1))
+    for i in range(1, n):
+        ts[i] = min(ts[i], ts[i - 1] - 1)
+    return ts
