@@ -1,0 +1,40 @@
+"""The packaged phantom-trained weights (the embedded default, no download).
+
+``phantom-tte`` is the ``tiny`` base model trained on the TTE phantom by the command in the
+README; ``phantom-tee`` is its LoRA adapter for the TEE phantom. They live under
+``tte2tee_fast/assets/`` and are trained on phantoms only, not on real echo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tte2tee_fast.errors import InputError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = "phantom-tte"
+DEFAULT_ADAPTER = "phantom-tee"
+
+
+def packaged_path(name: str) -> Path:
+    """Folder of the packaged asset ``name``; InputError if this install does not carry it."""
+    path = ASSETS / name
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        available = (
+            sorted(p.name for p in ASSETS.iterdir() if p.is_dir()) if ASSETS.is_dir() else []
+        )
+        raise InputError(
+            f"packaged weights {name!r} not found under {ASSETS} (available: {available or 'none'}); "
+            "pass --model / --adapter, or train them with the command in the README"
+        )
+    return path
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """``model`` as a folder path, or the packaged base model when ``model`` is None."""
+    if model is None:
+        return packaged_path(DEFAULT_MODEL)
+    path = Path(model)
+    if not path.exists() and (ASSETS / str(model)).is_dir():
+        return packaged_path(str(model))
+    return path
