@@ -138,3 +138,15 @@ def launch_meta(default: dict[str, Any]) -> dict[str, Any]:
     """Meta-parameters to pass at launch: ``default`` under the interpreter, none when
     compiling (the autotuner supplies them)."""
     return dict(default) if interpret_mode() else {}
+
+
+def require_complete_interpreter(kernel: str) -> None:
+    """Raise a clear error when ``kernel`` (which calls ``tl.sum`` / ``tl.min`` ...) is about to
+    run in an interpreter whose standard helpers were jitted in compiled mode (module docstring).
+    Does nothing when compiling for a GPU."""
+    if interpret_mode() and not interpreter_complete():
+        raise RuntimeError(
+            f"the {kernel} kernel uses triton reductions, which run in the interpreter only when "
+            "TRITON_INTERPRET=1 is set before triton is first imported (set it in the "
+            "environment of the process; tests/conftest.py does so on CPU-only machines)"
+        )

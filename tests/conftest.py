@@ -1,0 +1,16 @@
+"""Test-session setup shared by every test file.
+
+On a machine without CUDA the Triton kernels are tested in triton's interpreter. Triton 3.9
+decides interpreted-or-compiled when ``@triton.jit`` decorates a function, and its own helpers
+(``tl.sum``, ``tl.max``, ``tl.cdiv`` ...) are decorated when triton is first imported, so
+``TRITON_INTERPRET=1`` must be in the environment before that import for kernels that use them
+(see ``kernels/_triton.py``). pytest imports this file before any test module, so setting it
+here covers the whole run; an explicit value in the environment wins.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
