@@ -8,6 +8,7 @@ loop from counter-based noise -> x0 in [-1, 1]. Frame ``i`` of a run depends onl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,11 +55,13 @@ def sample_batch(
     config: SampleConfig,
     schedule: NoiseSchedule | None = None,
     eps_wrapper: Callable | None = None,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """Frames ``[B, 1, H, W]`` in [-1, 1] for one-hot conditioning ``cond`` ``[B, C, H, W]``.
 
     ``eps_wrapper`` (e.g. an :class:`~tte2tee_fast.diffusion.NFECounter`) wraps the guided
-    eps function, for benchmarks.
+    eps function, for benchmarks. ``clamp=False`` returns the sampler's raw output (the ODE
+    solution, for error measurements) instead of clipping it to [-1, 1].
     """
     schedule = schedule or NoiseSchedule.cosine(1000)
     sampler = get_sampler(config.sampler)
@@ -71,7 +74,7 @@ def sample_batch(
         eps_fn = eps_wrapper(eps_fn)
     options = {"eta": config.eta} if config.sampler == "ddim" else {}
     x0 = sampler(eps_fn, x, schedule, timesteps, noise=noise, **options)
-    return x0.clamp(-1.0, 1.0)
+    return x0.clamp(-1.0, 1.0) if clamp else x0
 
 
 def sample_labels(
@@ -106,3 +109,60 @@ def sample_labels(
         bar.update(lab.shape[0])
     bar.close()
     return torch.cat(out)
+
+
+def run_sample(
+    out: str,
+    model_dir: str | None,
+    masks: str,
+    n: int,
+    config: SampleConfig,
+    remap: str | None = None,
+    mask_seed: int = 0,
+    view: str | None = None,
+) -> dict:
+    """``tte2tee sample``: sample ``n`` frames for the masks of ``masks`` and write them to ``out``.
+
+    The MaskR² spec is ``remap`` when given, else the model folder's own (``maskr2.json`` of a
+    merged adapter, identity ``tte`` otherwise); its source schema must be the masks' schema.
+    """
+    import time
+
+    from tte2tee_fast.adapt.maskr2 import load_spec
+    from tte2tee_fast.adapt.merge import load_model_spec
+    from tte2tee_fast.generate.masks import load_masks, to_uint8
+    from tte2tee_fast.generate.outputs import write_samples
+    from tte2tee_fast.models import load_model
+    from tte2tee_fast.packaged import resolve_model_path
+
+    path = resolve_model_path(model_dir)
+    model = load_model(path)
+    spec = load_spec(remap) if remap else load_model_spec(path)
+    size = int(model.config.sample_size)
+    batch = load_masks(masks, n, size, seed=mask_seed, view=view)
+    if batch.schema.name != spec.source.name:
+        raise InputError(
+            f"masks {masks!r} use the {batch.schema.name!r} schema but the MaskR² spec "
+            f"{spec.name!r} maps {spec.source.name!r} labels; pass --remap with a "
+            f"{batch.schema.name}->... spec or other masks"
+        )
+    start = time.perf_counter()
+    frames = sample_labels(model, batch.labels, spec, config)
+    seconds = time.perf_counter() - start
+    meta = {
+        "model": str(path),
+        "masks": masks,
+        "remap": spec.name,
+        "config": dataclasses.asdict(config),
+        "seconds": round(seconds, 3),
+        "seconds_per_frame": round(seconds / n, 4),
+    }
+    return write_samples(
+        out,
+        batch.names,
+        to_uint8(frames),
+        batch.labels.numpy().astype("uint8"),
+        batch.schema,
+        reference=to_uint8(batch.images),
+        meta=meta,
+    )
