@@ -1,0 +1,136 @@
+"""The diffusion training objective: forward noising, targets, min-SNR weighting, label dropout.
+
+Plain functions, one signature each. Notation as in :mod:`tte2tee_fast.diffusion.schedule`:
+``x_t = alpha_t x0 + sigma_t eps``, ``SNR(t) = alpha_t^2 / sigma_t^2``.
+
+Predictions (what the network outputs):
+
+``eps`` (default, what the model and every sampler assume): target ``eps``.
+``v``   (Salimans & Ho 2022): target ``v = alpha_t eps - sigma_t x0``. A network trained this
+        way outputs ``v``; samplers need ``eps``, recovered exactly by
+        :func:`eps_from_prediction`: ``eps = sigma_t x_t + alpha_t v`` (and
+        ``x0 = alpha_t x_t - sigma_t v``), which follows from ``alpha^2 + sigma^2 = 1``.
+
+Weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"):
+the per-sample MSE is multiplied by ``min(SNR, gamma) / SNR`` for ``eps`` and by
+``min(SNR, gamma) / (SNR + 1)`` for ``v``; both equal the x0-space weight ``min(SNR, gamma)``
+expressed in the prediction's own space. ``weighting="none"`` is the plain MSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from tte2tee_fast.diffusion.schedule import NoiseSchedule
+from tte2tee_fast.errors import InputError
+
+PREDICTIONS = ("eps", "v")
+WEIGHTINGS = ("none", "min_snr")
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check(prediction: str, weighting: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise InputError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
+    if weighting not in WEIGHTINGS:
+        raise InputError(f"unknown loss weighting {weighting!r}; choose one of {list(WEIGHTINGS)}")
+
+
+def _per_sample(coef: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``coef[t]`` as ``[B, 1, 1, 1]`` in ``like``'s dtype and device."""
+    c = coef.to(like.device)[t.to(like.device)].to(like.dtype)
+    return c.view(-1, *([1] * (like.ndim - 1)))
+
+
+def snr(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio ``abar / (1 - abar)`` at integer timesteps ``t [B]``; float64 ``[B]``."""
+    abar = schedule.alphas_cumprod.to(t.device)[t]
+    return abar / (1.0 - abar)
+
+
+def loss_weights(
+    schedule: NoiseSchedule,
+    t: torch.Tensor,
+    prediction: str = "eps",
+    weighting: str = "min_snr",
+    gamma: float = 5.0,
+) -> torch.Tensor:
+    """Per-sample loss weights ``[B]`` (float64, on ``t``'s device) for timesteps ``t [B]``."""
+    _check(prediction, weighting)
+    s = snr(schedule, t)  # [B] float64
+    if weighting == "none":
+        return torch.ones_like(s)
+    clipped = s.clamp(max=gamma)
+    return clipped / s if prediction == "eps" else clipped / (s + 1.0)
+
+
+def training_target(
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    prediction: str = "eps",
+) -> torch.Tensor:
+    """What the network should output for ``x_t = q_sample(x0, t, noise)``; shape of ``x0``."""
+    _check(prediction, "none")
+    if prediction == "eps":
+        return noise
+    return _per_sample(schedule.alpha, t, x0) * noise - _per_sample(schedule.sigma, t, x0) * x0
+
+
+def eps_from_prediction(
+    schedule: NoiseSchedule,
+    out: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    prediction: str = "eps",
+) -> torch.Tensor:
+    """The ε a sampler needs from a network output ``out`` (``eps = sigma x_t + alpha v`` for v)."""
+    _check(prediction, "none")
+    if prediction == "eps":
+        return out
+    return _per_sample(schedule.sigma, t, x_t) * x_t + _per_sample(schedule.alpha, t, x_t) * out
+
+
+def drop_labels(cond: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace the conditioning of each sample by zeros (the null label) with probability ``p``.
+
+    ``cond [B, C, H, W]``; draws ``B`` uniforms from ``generator`` (on the CPU), so the choice
+    is a pure function of the generator's seed.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise InputError(f"label dropout must be in [0, 1], got {p}")
+    keep = torch.rand(cond.shape[0], generator=generator) >= p  # [B] bool
+    return cond * keep.to(cond.device, cond.dtype).view(-1, *([1] * (cond.ndim - 1)))
+
+
+def diffusion_loss(
+    model_fn: ModelFn,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    schedule: NoiseSchedule,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    prediction: str = "eps",
+    weighting: str = "min_snr",
+    gamma: float = 5.0,
+) -> torch.Tensor:
+    """Weighted denoising loss (a scalar, float32) for one batch.
+
+    ``model_fn(x_t [B,1,H,W], t [B] long, cond [B,C,H,W]) -> [B,1,H,W]``; ``x0`` and ``noise``
+    ``[B,1,H,W]``; ``t [B]`` integer timesteps. The MSE is taken in float32 whatever dtype the
+    model computes in (bf16 autocast), averaged over pixels, weighted per sample, then averaged
+    over the batch.
+    """
+    _check(prediction, weighting)
+    x_t = schedule.q_sample(x0, t, noise)  # [B, 1, H, W]
+    out = model_fn(x_t, t, cond)  # [B, 1, H, W]
+    if out.shape != x0.shape:
+        raise InputError(f"model output shape {tuple(out.shape)} != image shape {tuple(x0.shape)}")
+    target = training_target(schedule, x0, t, noise, prediction)
+    mse = (out.float() - target.float()).square().flatten(1).mean(dim=1)  # [B]
+    w = loss_weights(schedule, t, prediction, weighting, gamma).to(mse.device, mse.dtype)
+    return (w * mse).mean()
