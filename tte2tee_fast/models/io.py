@@ -1,0 +1,160 @@
+"""Checked save / load of SemanticUNet folders (diffusers layout) and a stable weight hash.
+
+A model folder holds ``config.json`` and ``diffusion_pytorch_model.safetensors``, exactly what
+``SemanticUNet.save_pretrained`` writes, so ``SemanticUNet.from_pretrained`` reads it too.
+:func:`load_model` adds the checks a user needs: every failure is an :class:`InputError` that
+names the folder, the file or the first tensor at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from tte2tee_fast.errors import InputError
+from tte2tee_fast.models.unet import SemanticUNet
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def _read_config(folder: Path) -> dict:
+    cfg_path = folder / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise InputError(f"model folder {folder} has no {CONFIG_NAME}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{cfg_path} is not valid JSON: {err}") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
+    name = cfg.get("_class_name", SemanticUNet.__name__)
+    if name != SemanticUNet.__name__:
+        raise InputError(f"{cfg_path} describes a {name!r}, not a {SemanticUNet.__name__}")
+    return cfg
+
+
+def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    if not weights.is_file():
+        raise InputError(f"model folder {weights.parent} has no {WEIGHTS_NAME}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            # clone: fresh, aligned storage, so kernels (and results) match a model built in memory
+            return {k: f.get_tensor(k).clone() for k in f.keys()}
+    except Exception as err:  # safetensors raises several types for truncated / foreign files
+        raise InputError(
+            f"{weights} is not a readable safetensors file (truncated or corrupt?): {err}"
+        ) from None
+
+
+def _check_against(model: SemanticUNet, state: dict[str, torch.Tensor], weights: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k} expects {list(expected[k])} but the file has {list(state[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != expected[k]
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches, first: {mismatched[0]}")
+        if missing:
+            parts.append(f"{len(missing)} tensors missing, first: {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors, first: {unexpected[0]}")
+        raise InputError(
+            f"weights {weights} do not match {weights.parent / CONFIG_NAME} (config of another "
+            f"preset or size?): " + "; ".join(parts)
+        )
+    for k in sorted(state):
+        t = state[k]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InputError(f"weights {weights} hold non-finite values (NaN/Inf) in tensor {k}")
+
+
+def load_model(path: str | os.PathLike) -> SemanticUNet:
+    """Load a SemanticUNet folder with checks; returns the model in eval mode on the CPU.
+
+    Raises :class:`InputError` for a missing folder, a missing or invalid ``config.json``, a
+    missing / truncated / non-safetensors weights file, weights whose names or shapes do not
+    match the config (e.g. the config of another preset), or non-finite weights.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(f"model folder {folder} does not exist (or is not a folder)")
+    cfg = _read_config(folder)
+    weights = folder / WEIGHTS_NAME
+    state = _read_weights(weights)
+    try:
+        with torch.device("meta"):  # no allocation: the loaded tensors are assigned below
+            model = SemanticUNet.from_config(cfg)
+    except (TypeError, ValueError) as err:
+        raise InputError(
+            f"{folder / CONFIG_NAME} is not a valid SemanticUNet config: {err}"
+        ) from None
+    _check_against(model, state, weights)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def save_model(model: SemanticUNet, path: str | os.PathLike) -> Path:
+    """Write ``model`` to folder ``path`` (config.json + safetensors) atomically.
+
+    The folder is written under a temporary name beside ``path`` and renamed when complete;
+    an existing folder at ``path`` is replaced only after the new one is fully written.
+    """
+    if any("lora_" in k for k in model.state_dict()):
+        raise InputError("model carries LoRA adapter layers: merge or unload them before saving")
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def _update(h: hashlib._Hash, name: str, t: torch.Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def model_hash(model_or_path: SemanticUNet | str | os.PathLike) -> str:
+    """Stable sha256 (hex) over the sorted tensor names, dtypes, shapes and bytes.
+
+    Accepts a model, a model folder or a ``.safetensors`` file; a saved model and the model it
+    was saved from hash the same. Adapters record it as their base-model hash.
+    """
+    h = hashlib.sha256()
+    if isinstance(model_or_path, torch.nn.Module):
+        state = model_or_path.state_dict()
+        for k in sorted(state):
+            _update(h, k, state[k])
+        return h.hexdigest()
+    p = Path(model_or_path)
+    weights = p / WEIGHTS_NAME if p.is_dir() else p
+    if not weights.is_file():
+        raise InputError(f"no weights to hash at {weights}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for k in sorted(f.keys()):
+                _update(h, k, f.get_tensor(k))
+    except Exception as err:
+        raise InputError(f"{weights} is not a readable safetensors file: {err}") from None
+    return h.hexdigest()
