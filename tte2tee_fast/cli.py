@@ -481,31 +481,76 @@ def bench_samplers_cmd(
 
 
 @main.command("sample")
-@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
-              help="Model folder (default: the packaged phantom-trained weights).")
-@click.option("--masks", default="phantom-tte", show_default=True,
-              help="Conditioning masks: phantom-tte, phantom-tee or a data folder.")
-@click.option("--remap", default=None, help="MaskR² spec (JSON file or built-in name, e.g. tee->tte).")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Model folder (default: the packaged phantom-trained weights).",
+)
+@click.option(
+    "--masks",
+    default="phantom-tte",
+    show_default=True,
+    help="Conditioning masks: phantom-tte, phantom-tee or a data folder.",
+)
+@click.option(
+    "--remap", default=None, help="MaskR² spec (JSON file or built-in name, e.g. tee->tte)."
+)
 @click.option("--n", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--sampler", default="ddim", show_default=True,
-              help="ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc.")
+@click.option(
+    "--sampler",
+    default="ddim",
+    show_default=True,
+    help="ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc.",
+)
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--spacing", type=click.Choice(["trailing", "leading", "linspace", "karras"]),
-              default="trailing", show_default=True)
-@click.option("--guidance", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
-              help="Classifier-free guidance scale (1 = none).")
-@click.option("--eta", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
-              help="DDIM eta (0 = deterministic).")
+@click.option(
+    "--spacing",
+    type=click.Choice(["trailing", "leading", "linspace", "karras"]),
+    default="trailing",
+    show_default=True,
+)
+@click.option(
+    "--guidance",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Classifier-free guidance scale (1 = none).",
+)
+@click.option(
+    "--eta",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="DDIM eta (0 = deterministic).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
 @click.option("--mask-seed", type=int, default=0, show_default=True, help="Phantom mask seed.")
-@click.option("--view", type=click.Choice(["a4c", "a2c", "me4c"]), default=None,
-              help="Phantom view (default: the modality's first).")
+@click.option(
+    "--view",
+    type=click.Choice(["a4c", "a2c", "me4c"]),
+    default=None,
+    help="Phantom view (default: the modality's first).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--bf16/--no-bf16", default=True, show_default=True,
-              help="bf16 autocast for the network (weights stay fp32).")
+@click.option(
+    "--bf16/--no-bf16",
+    default=True,
+    show_default=True,
+    help="bf16 autocast for the network (weights stay fp32).",
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
-def sample_cmd(out_dir: str, model_dir: str | None, masks: str, remap: str | None, n: int,
-               mask_seed: int, view: str | None, **options) -> None:
+def sample_cmd(
+    out_dir: str,
+    model_dir: str | None,
+    masks: str,
+    remap: str | None,
+    n: int,
+    mask_seed: int,
+    view: str | None,
+    **options,
+) -> None:
     """Sample frames for conditioning masks and write PNGs, a grid and a report.
 
     \b
@@ -516,12 +561,22 @@ def sample_cmd(out_dir: str, model_dir: str | None, masks: str, remap: str | Non
     """
     from tte2tee_fast.generate.sample import SampleConfig, run_sample
 
-    report = run_sample(out_dir, model_dir, masks, n, SampleConfig(**options), remap=remap,
-                        mask_seed=mask_seed, view=view)
-    click.echo(f"wrote {n} frames, grid.png and report.json to {out_dir} "
-               f"({report['seconds_per_frame']:.3f} s/frame; outside-cone std "
-               f"{report['outside_std']:.2f}; max region-mean rel. diff "
-               f"{report.get('max_rel_diff', float('nan')):.3f})")
+    report = run_sample(
+        out_dir,
+        model_dir,
+        masks,
+        n,
+        SampleConfig(**options),
+        remap=remap,
+        mask_seed=mask_seed,
+        view=view,
+    )
+    click.echo(
+        f"wrote {n} frames, grid.png and report.json to {out_dir} "
+        f"({report['seconds_per_frame']:.3f} s/frame; outside-cone std "
+        f"{report['outside_std']:.2f}; max region-mean rel. diff "
+        f"{report.get('max_rel_diff', float('nan')):.3f})"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
