@@ -307,9 +307,9 @@ def info_cmd(preset: str | None, model_dir: str | None) -> None:
 @click.option(
     "--base",
     "base_dir",
-    required=True,
+    default=None,
     type=click.Path(path_type=str),
-    help="Base model folder the adapter was trained on.",
+    help="Base model folder the adapter was trained on [default: the packaged weights].",
 )
 @click.option(
     "--adapter",
@@ -321,7 +321,7 @@ def info_cmd(preset: str | None, model_dir: str | None) -> None:
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(path_type=str), help="Merged model folder."
 )
-def merge_cmd(base_dir: str, adapter_dir: str, out_dir: str) -> None:
+def merge_cmd(base_dir: str | None, adapter_dir: str, out_dir: str) -> None:
     """Merge a LoRA adapter into its base model (fp32) and write a plain model folder.
 
     The output also holds the adapter's MaskR² spec (maskr2.json), so it takes label maps of
@@ -331,20 +331,25 @@ def merge_cmd(base_dir: str, adapter_dir: str, out_dir: str) -> None:
     \b
     Examples:
       tte2tee merge --base runs/base --adapter runs/tee-lora --out runs/tee-merged
+      tte2tee merge --adapter runs/tee-lora --out runs/tee-merged   (packaged base)
     """
     from tte2tee_fast.adapt.merge import merge_to_folder
+    from tte2tee_fast.packaged import resolve_model_path
 
-    out = merge_to_folder(base_dir, adapter_dir, out_dir)
-    click.echo(f"merged {adapter_dir} into {base_dir}: {out}")
+    base = resolve_model_path(base_dir)
+    out = merge_to_folder(base, adapter_dir, out_dir)
+    click.echo(f"merged {adapter_dir} into {base}: {out}")
 
 
 @main.group("bench")
 def bench_group() -> None:
-    """Benchmarks: samplers (more subcommands: denoiser, kernels, e2e).
+    """Benchmarks: samplers, kernels, denoiser (e2e to come).
 
     \b
     Examples:
       tte2tee bench samplers --out runs/bench-samplers
+      tte2tee bench kernels --json runs/bench-kernels.json
+      tte2tee bench denoiser --batch 1,8 --json runs/bench-denoiser.json
     """
 
 
@@ -540,6 +545,17 @@ def bench_samplers_cmd(
     show_default=True,
     help="bf16 autocast for the network (weights stay fp32).",
 )
+@click.option(
+    "--unmerged",
+    is_flag=True,
+    help="Serve the --adapters unmerged on the base (fused LoRA), several in one batch.",
+)
+@click.option(
+    "--adapters",
+    default=None,
+    help="With --unmerged: comma list of adapter folders A1,A2,...; frame i uses adapter "
+    "i % K and that adapter's own MaskR² spec.",
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 def sample_cmd(
     out_dir: str,
@@ -549,17 +565,30 @@ def sample_cmd(
     n: int,
     mask_seed: int,
     view: str | None,
+    unmerged: bool,
+    adapters: str | None,
     **options,
 ) -> None:
     """Sample frames for conditioning masks and write PNGs, a grid and a report.
+
+    With --unmerged --adapters A1,A2,... the adapters (trained on the --model base, all
+    taking the same mask schema) are fused into the base unmerged and share every batch:
+    frame i is drawn by adapter i % K, conditioned through that adapter's own MaskR² spec.
 
     \b
     Examples:
       tte2tee sample --n 8 --sampler ddpm --steps 1000 --out runs/sample-ddpm
       tte2tee sample --sampler dpmpp_2m --steps 10 --out runs/sample-fast
       tte2tee sample --model runs/merged-tee --masks phantom-tee --out runs/sample-tee
+      tte2tee sample --model runs/base --unmerged --adapters runs/tee-a,runs/tee-b \\
+        --masks phantom-tee --out runs/sample-mixed
     """
+    from tte2tee_fast.generate.multi_adapter import parse_adapter_list
     from tte2tee_fast.generate.sample import SampleConfig, run_sample
+
+    if unmerged != (adapters is not None):
+        raise InputError("--unmerged and --adapters go together (--unmerged --adapters A1,A2)")
+    folders = parse_adapter_list(adapters) if adapters is not None else None
 
     report = run_sample(
         out_dir,
@@ -570,12 +599,298 @@ def sample_cmd(
         remap=remap,
         mask_seed=mask_seed,
         view=view,
+        adapters=folders,
     )
     click.echo(
         f"wrote {n} frames, grid.png and report.json to {out_dir} "
         f"({report['seconds_per_frame']:.3f} s/frame; outside-cone std "
         f"{report['outside_std']:.2f}; max region-mean rel. diff "
         f"{report.get('max_rel_diff', float('nan')):.3f})"
+    )
+
+
+@bench_group.command("kernels")
+@click.option(
+    "--shapes",
+    type=click.Choice(["small", "paper"]),
+    default="small",
+    show_default=True,
+    help="small: the tiny model's layer shapes; paper: sdm256's.",
+)
+@click.option(
+    "--kernels",
+    default="all",
+    show_default=True,
+    help="'all' or a comma list: lora_linear,maskr2_one_hot,spade_norm_act.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="CPU timing calls per case (CUDA: triton's do_bench decides).",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the rows."
+)
+def bench_kernels_cmd(
+    shapes: str, kernels: str, repeats: int, device: str, json_path: str | None
+) -> None:
+    """Triton kernels (fused LoRA linear, MaskR² one-hot, SPADE norm) against torch.
+
+    Shapes are the model's own (Linear layers, SPADE inputs of the tiny or sdm256 preset);
+    LoRA at rows 1/8/64 and ranks 1/4/16. On CUDA: do_bench medians of the Triton kernel,
+    torch eager (unmerged, peft-style), the merged GEMM and the bandwidth/compute floor. On
+    the CPU: the torch paths only; the Triton columns read "no GPU".
+
+    \b
+    Examples:
+      tte2tee bench kernels
+      tte2tee bench kernels --shapes paper --json runs/bench-kernels.json
+      tte2tee bench kernels --kernels maskr2_one_hot --repeats 20
+    """
+    from tte2tee_fast.evaluate.kernel_bench import (
+        config_for,
+        format_table,
+        parse_kernels,
+        run_kernel_bench,
+        write_json,
+    )
+
+    config = config_for(shapes, repeats, parse_kernels(kernels))
+    result = run_kernel_bench(config, device)
+    click.echo(format_table(result["rows"]), nl=False)
+    for note in result["notes"]:
+        click.echo(f"# {note}")
+    if json_path:
+        click.echo(f"wrote {write_json(json_path, result)}")
+
+
+@bench_group.command("denoiser")
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Model folder [default: the packaged weights, else --preset tiny, random weights].",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["micro", "tiny", "sdm256"]),
+    default=None,
+    help="Time a preset with random weights instead of a model folder.",
+)
+@click.option(
+    "--batch", "batches", default="1,8,16", show_default=True, help="Comma list of batch sizes."
+)
+@click.option("--bf16/--no-bf16", default=True, show_default=True, help="Also time bf16 autocast.")
+@click.option(
+    "--compile/--no-compile",
+    "use_compile",
+    default=False,
+    show_default=True,
+    help="Also time torch.compile (compiles first: slow, minutes for sdm256).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="CPU timing calls per case (CUDA: triton's do_bench decides).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the rows."
+)
+def bench_denoiser_cmd(
+    model_dir: str | None,
+    preset: str | None,
+    batches: str,
+    bf16: bool,
+    use_compile: bool,
+    repeats: int,
+    device: str,
+    json_path: str | None,
+) -> None:
+    """Forward time per image of the denoiser: eager fp32 (baseline), bf16 autocast, compile.
+
+    Ratios are against eager fp32 at the same batch size, in the same process; max_rel_err
+    is each mode's output against eager fp32 on the same inputs.
+
+    \b
+    Examples:
+      tte2tee bench denoiser
+      tte2tee bench denoiser --model runs/tiny-tte/ema --batch 1,8 --json runs/denoiser.json
+      tte2tee bench denoiser --preset sdm256 --batch 1 --compile --device cuda
+    """
+    from tte2tee_fast.evaluate.denoiser_bench import (
+        DenoiserBenchConfig,
+        bench_denoiser,
+        format_table,
+        load_bench_model,
+        parse_batches,
+    )
+    from tte2tee_fast.evaluate.kernel_bench import write_json
+
+    config = DenoiserBenchConfig(parse_batches(batches), bf16, use_compile, repeats)
+    model, name = load_bench_model(model_dir, preset)
+    click.echo(f"model: {name}")
+    if use_compile:
+        click.echo("torch.compile: the first call per batch size compiles (slow)", err=True)
+    result = bench_denoiser(model, config, device, model_name=name)
+    click.echo(format_table(result), nl=False)
+    if json_path:
+        click.echo(f"wrote {write_json(json_path, result)}")
+
+
+# Defaults below mirror tte2tee_fast.adapt.train.AdaptConfig (kept literal so --help needs no
+# torch import; tests/test_cli_adapt.py checks that they agree).
+@main.command("adapt")
+@click.option(
+    "--base",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Base model folder [default: the packaged weights].",
+)
+@click.option(
+    "--data",
+    default="phantom-tee",
+    show_default=True,
+    help="phantom-tee (generated on the fly) or a folder of image/mask pairs.",
+)
+@click.option(
+    "--schema",
+    type=click.Choice(["tte", "tee", "camus"]),
+    default=None,
+    help="Label schema of a --data folder without card.json.",
+)
+@click.option(
+    "--remap",
+    default="tee->tte",
+    show_default=True,
+    help="MaskR² spec (JSON file or built-in name) from the data labels to the base channels.",
+)
+@click.option(
+    "--targets",
+    type=click.Choice(["mlp", "attn", "conv", "spade", "all"]),
+    default="mlp",
+    show_default=True,
+    help="LoRA target preset (mlp: the Linear layers, as in the paper).",
+)
+@click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="LoRA alpha [default: the rank, i.e. scale 1].",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option(
+    "--num-cases",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Phantom cases in the pool (a folder uses all its pairs).",
+)
+@click.option(
+    "--augment",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Augmented copies of every case: 20 cases x (1 + 8) = 180 frames.",
+)
+@click.option(
+    "--label-dropout",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Probability of the null label (classifier-free guidance).",
+)
+@click.option(
+    "--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast for the network."
+)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=250, show_default=True)
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Adapter folder (also holds checkpoint/ and train_log.jsonl); with --ablate, the "
+    "folder of the table and one adapter per preset.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the checkpoint in --out (its saved options apply; pass --steps to extend).",
+)
+@click.option(
+    "--ablate",
+    is_flag=True,
+    help="Train every target preset with the same budget; write ablation.md / .json.",
+)
+@click.option(
+    "--last-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="--ablate: final loss = mean of the last K logged losses.",
+)
+def adapt_cmd(
+    out_dir: str, resume: bool, device: str, ablate: bool, last_k: int, **options
+) -> None:
+    """Train a LoRA adapter of a frozen base model on new-modality data (MaskR² remap).
+
+    Prints the trainable parameter count, then trains with the loop of `tte2tee train`
+    (checkpoints, exact --resume). OUT is the adapter (the EMA of the LoRA weights), ready
+    for `tte2tee merge` and `tte2tee sample --adapters`.
+
+    \b
+    Examples:
+      tte2tee adapt --out runs/tee-lora                       (packaged base, phantom TEE)
+      tte2tee adapt --base runs/tiny-tte/ema --targets mlp --rank 4 --out runs/tee-lora
+      tte2tee adapt --data my_tee_pngs --schema tee --remap tee->tte --out runs/tee-lora
+      tte2tee adapt --out runs/tee-lora --resume --steps 2000
+      tte2tee adapt --base runs/tiny-tte/ema --ablate --steps 500 --out runs/ablation
+    """
+    from pathlib import Path
+
+    from tte2tee_fast.adapt.train import AdaptConfig, adapt
+    from tte2tee_fast.adapt.train import ablate as run_ablation
+    from tte2tee_fast.models.train import resume_config
+
+    ctx = click.get_current_context()
+    given = {
+        k: v
+        for k, v in options.items()
+        if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
+    }
+    if ablate and "targets" in given:
+        raise InputError("--ablate trains every target preset: leave out --targets")
+    if resume:
+        saved_in = Path(out_dir) / "mlp" if ablate else Path(out_dir)
+        config = resume_config(saved_in, AdaptConfig, **given)
+    else:
+        config = AdaptConfig(**options)
+    if ablate:
+        table = run_ablation(
+            config, out_dir, last_k=last_k, resume=resume, device=device, report=click.echo
+        )
+        click.echo(f"ablation of {len(table['rows'])} presets in {out_dir}:")
+        click.echo((Path(out_dir) / "ablation.md").read_text())
+        return
+    result = adapt(config, out_dir, resume=resume, device=device, report=click.echo)
+    click.echo(
+        f"trained {result.step} steps ({result.step - result.start_step} this run): adapter "
+        f"(EMA of the LoRA weights) in {result.out_dir}"
     )
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +19,9 @@ from tqdm.auto import tqdm
 from tte2tee_fast.adapt.maskr2 import MaskR2Spec, remap_one_hot
 from tte2tee_fast.diffusion import NoiseSchedule, NoiseSource, cfg_eps_fn, get_sampler
 from tte2tee_fast.errors import InputError
+
+if TYPE_CHECKING:
+    from tte2tee_fast.generate.multi_adapter import MixedAdapters
 
 
 @dataclass(frozen=True)
@@ -84,17 +88,23 @@ def sample_labels(
     config: SampleConfig,
     first_frame: int = 0,
     progress: bool = True,
+    adapters: MixedAdapters | None = None,
 ) -> torch.Tensor:
-    """Frames ``[N, 1, H, W]`` for label maps ``[N, H, W]`` in ``spec``'s source schema."""
+    """Frames ``[N, 1, H, W]`` for label maps ``[N, H, W]`` in ``spec``'s source schema.
+
+    ``adapters`` (adapters fused unmerged, :mod:`tte2tee_fast.generate.multi_adapter`): frame
+    ``i`` runs adapter ``i % K`` and is remapped with that adapter's spec (``spec`` unused).
+    """
     if labels.ndim != 3:
         raise InputError(f"label maps must be [N, H, W], got shape {tuple(labels.shape)}")
-    spec.check_labels(labels, source="conditioning masks")
     channels = model.config.label_channels
-    if spec.num_channels != channels:
-        raise InputError(
-            f"MaskR² spec {spec.name!r} produces {spec.num_channels} channels but the model "
-            f"expects {channels}"
-        )
+    for s in dict.fromkeys((spec,) if adapters is None else adapters.specs):
+        s.check_labels(labels, source="conditioning masks")
+        if s.num_channels != channels:
+            raise InputError(
+                f"MaskR² spec {s.name!r} produces {s.num_channels} channels but the model "
+                f"expects {channels}"
+            )
     model.eval()
     out = []
     n = labels.shape[0]
@@ -103,9 +113,13 @@ def sample_labels(
     )
     for start in range(0, n, config.batch_size):
         lab = labels[start : start + config.batch_size]  # [b, H, W]
-        cond = remap_one_hot(lab, spec)  # [b, C, H, W]
         idx = torch.arange(first_frame + start, first_frame + start + lab.shape[0])
-        out.append(sample_batch(model, cond, idx, config))
+        if adapters is None:
+            cond, rows = remap_one_hot(lab, spec), contextlib.nullcontext()  # [b, C, H, W]
+        else:  # per row: the frame's adapter and its spec
+            cond, rows = adapters.remap(lab, idx), adapters.rows(model, idx)
+        with rows:
+            out.append(sample_batch(model, cond, idx, config))
         bar.update(lab.shape[0])
     bar.close()
     return torch.cat(out)
@@ -120,11 +134,14 @@ def run_sample(
     remap: str | None = None,
     mask_seed: int = 0,
     view: str | None = None,
+    adapters: Sequence[str] | None = None,
 ) -> dict:
     """``tte2tee sample``: sample ``n`` frames for the masks of ``masks`` and write them to ``out``.
 
     The MaskR² spec is ``remap`` when given, else the model folder's own (``maskr2.json`` of a
     merged adapter, identity ``tte`` otherwise); its source schema must be the masks' schema.
+    ``adapters`` (folders): serve them unmerged on the model, frame ``i`` with adapter
+    ``i % K`` through its own spec (:mod:`tte2tee_fast.generate.multi_adapter`).
     """
     import time
 
@@ -137,26 +154,45 @@ def run_sample(
 
     path = resolve_model_path(model_dir)
     model = load_model(path)
-    spec = load_spec(remap) if remap else load_model_spec(path)
+    mixed = None
+    if adapters:
+        from tte2tee_fast.generate.multi_adapter import fuse_mixed_adapters
+
+        if remap:
+            raise InputError(
+                "--remap cannot be combined with --adapters: each adapter folder carries its "
+                "own MaskR² spec (tte2tee.json)"
+            )
+        mixed = fuse_mixed_adapters(model, adapters)
+        spec = mixed.specs[0]
+    else:
+        spec = load_spec(remap) if remap else load_model_spec(path)
     size = int(model.config.sample_size)
     batch = load_masks(masks, n, size, seed=mask_seed, view=view)
     if batch.schema.name != spec.source.name:
+        hint = (
+            "other masks"
+            if mixed is not None
+            else f"--remap with a {batch.schema.name}->... spec or other masks"
+        )
         raise InputError(
             f"masks {masks!r} use the {batch.schema.name!r} schema but the MaskR² spec "
-            f"{spec.name!r} maps {spec.source.name!r} labels; pass --remap with a "
-            f"{batch.schema.name}->... spec or other masks"
+            f"{spec.name!r} maps {spec.source.name!r} labels; pass {hint}"
         )
     start = time.perf_counter()
-    frames = sample_labels(model, batch.labels, spec, config)
+    frames = sample_labels(model, batch.labels, spec, config, adapters=mixed)
     seconds = time.perf_counter() - start
     meta = {
         "model": str(path),
         "masks": masks,
-        "remap": spec.name,
+        "remap": spec.name if mixed is None else ",".join(s.name for s in mixed.specs),
         "config": dataclasses.asdict(config),
         "seconds": round(seconds, 3),
         "seconds_per_frame": round(seconds / n, 4),
     }
+    if mixed is not None:
+        meta["adapters"] = [str(p) for p in mixed.paths]
+        meta["adapter_of_frame"] = f"i % {mixed.num_adapters}"
     return write_samples(
         out,
         batch.names,
