@@ -851,7 +851,7 @@ def adapt_cmd(
 
     Prints the trainable parameter count, then trains with the loop of `tte2tee train`
     (checkpoints, exact --resume). OUT is the adapter (the EMA of the LoRA weights), ready
-    for `tte2tee merge` and `tte2tee sample --adapters`.
+    for `tte2tee merge` and `tte2tee sample --unmerged --adapters`.
 
     \b
     Examples:

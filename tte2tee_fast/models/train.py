@@ -7,6 +7,10 @@ the same way before every step (for dropout layers). So a checkpoint needs no RN
 weights, EMA and optimizer state plus the step count restore the run exactly, and
 ``train 20 steps`` equals ``train 10, stop, resume to 20`` bitwise (fp32, CPU).
 
+The loop itself (:func:`fit`) trains a :class:`Trainable`: every parameter here, only the LoRA
+weights of a frozen base in :mod:`tte2tee_fast.adapt.train`, which reuses it with the same
+seeding, log, checkpoints and resume.
+
 The data are generated once into an in-memory pool (phantom cases on the fly, or every pair
 of a folder) so that the training steps keep every core on the network, not on data.
 
@@ -36,7 +40,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -53,7 +57,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # fields that may differ between a run and its resumption (they do not change the numbers)
 RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every", "num_workers")
 # independent random streams derived from (seed, step)
-_STREAM_ORDER, _STREAM_STEP, _STREAM_GLOBAL, _STREAM_INIT = 0, 1, 2, 3
+STREAM_ORDER, STREAM_STEP, STREAM_GLOBAL, STREAM_INIT = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,20 @@ class TrainConfig:
     log_every: int = 10
     num_workers: int = 0  # worker processes that build the data pool
 
+    # fields that may differ between a run and its resumption
+    RESUMABLE: ClassVar[tuple[str, ...]] = RESUMABLE_FIELDS
+    # fields that must be >= 1 (a subclass may fill some of them later, see adapt/train.py)
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "size",
+        "num_cases",
+        "steps",
+        "batch_size",
+        "checkpoint_every",
+        "log_every",
+    )
+
     def __post_init__(self) -> None:
-        positive = ("size", "num_cases", "steps", "batch_size", "checkpoint_every", "log_every")
-        for name in positive:
+        for name in self.POSITIVE:
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if min(self.warmup, self.num_workers, self.seed, self.augment) < 0:
@@ -144,6 +159,55 @@ class DataPool:
         return h.hexdigest()
 
 
+@dataclass(frozen=True, eq=False)
+class Trainable:
+    """What the loop trains: the network ``module`` (called as ``module(x, t, cond)``) and the
+    parameters ``params`` (by name) that the optimizer updates, the EMA averages and the
+    checkpoint stores. A model trained from scratch: every parameter (:meth:`whole`); an
+    adapter: only the LoRA weights of a frozen base (adapt/train.py).
+
+    It offers the ``named_parameters`` / ``parameters`` / ``state_dict`` that :class:`EMA` and
+    :func:`save_checkpoint` read from a module, restricted to ``params``.
+    """
+
+    module: torch.nn.Module
+    params: dict[str, torch.nn.Parameter]
+
+    @classmethod
+    def whole(cls, model: torch.nn.Module) -> Trainable:
+        """Every parameter of ``model`` (which must hold no buffers: they are not checkpointed)."""
+        if any(True for _ in model.buffers()):
+            raise ValueError("Trainable.whole: the model has buffers, which checkpoints skip")
+        return cls(model, dict(model.named_parameters()))
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        return iter(self.params.items())
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return iter(self.params.values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.params.items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor], where: str = "state") -> None:
+        """Copy ``state`` into ``params``; names and shapes must match exactly."""
+        missing = sorted(set(self.params) - set(state))
+        extra = sorted(set(state) - set(self.params))
+        if missing or extra:
+            raise InputError(
+                f"{where}: weights do not match the trained parameters (missing {missing[:3]}, "
+                f"unexpected {extra[:3]})"
+            )
+        for name, p in self.params.items():
+            if state[name].shape != p.shape:
+                raise InputError(
+                    f"{where}: {name} has shape {tuple(state[name].shape)}, "
+                    f"expected {tuple(p.shape)}"
+                )
+            p.copy_(state[name])
+
+
 # ---------------------------------------------------------------------------------------
 # pure functions of (seed, step)
 
@@ -163,7 +227,7 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> torch.Tensor
     epochs, offsets = pos // n, pos % n
     out = torch.empty(batch_size, dtype=torch.long)
     for e in torch.unique(epochs).tolist():
-        perm = torch.randperm(n, generator=_generator(seed, e, _STREAM_ORDER))
+        perm = torch.randperm(n, generator=_generator(seed, e, STREAM_ORDER))
         sel = epochs == e
         out[sel] = perm[offsets[sel]]
     return out
@@ -256,7 +320,7 @@ def conditioning_spec(config: TrainConfig, schema):
 # checkpoints (safetensors + JSON, no pickles)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
@@ -301,12 +365,16 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], index: dict[str, Any])
 
 def save_checkpoint(
     out_dir: Path,
-    model: torch.nn.Module,
+    model: torch.nn.Module | Trainable,
     ema: EMA,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
 ) -> Path:
-    """Write ``out_dir/checkpoint`` atomically (a temporary folder renamed when complete)."""
+    """Write ``out_dir/checkpoint`` atomically (a temporary folder renamed when complete).
+
+    ``model.safetensors`` holds ``model.state_dict()``: every weight of a model, or only the
+    trained tensors of a :class:`Trainable` (the LoRA weights of an adapter run).
+    """
     dest = out_dir / "checkpoint"
     tmp = out_dir / f".checkpoint.tmp-{uuid.uuid4().hex[:8]}"
     old = out_dir / f".checkpoint.old-{uuid.uuid4().hex[:8]}"
@@ -316,8 +384,8 @@ def save_checkpoint(
         save_file(_tensors(ema.state_dict()), str(tmp / "ema.safetensors"))
         opt_tensors, opt_index = optimizer_to_flat(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        _write_json(tmp / "optimizer.json", opt_index)
-        _write_json(tmp / "state.json", state)
+        write_json(tmp / "optimizer.json", opt_index)
+        write_json(tmp / "state.json", state)
         if dest.exists():
             os.replace(dest, old)
         os.replace(tmp, dest)
@@ -338,20 +406,25 @@ def read_checkpoint_state(out_dir: str | os.PathLike) -> dict[str, Any] | None:
         raise InputError(f"{path} is not valid JSON (corrupt checkpoint?): {err}") from None
 
 
-def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
-    """The config saved in ``out_dir``'s checkpoint with ``overrides`` applied (for ``--resume``)."""
+def resume_config(
+    out_dir: str | os.PathLike, cls: type[TrainConfig] = TrainConfig, **overrides: Any
+) -> TrainConfig:
+    """The config saved in ``out_dir``'s checkpoint with ``overrides`` applied (for ``--resume``).
+
+    ``cls`` is the config class of the run (:class:`TrainConfig`, or ``AdaptConfig``).
+    """
     saved = read_checkpoint_state(out_dir)
     if saved is None:
         raise InputError(f"cannot resume: {out_dir} has no checkpoint (checkpoint/state.json)")
-    config = TrainConfig.from_json(saved["config"], source=f"{out_dir}/checkpoint/state.json")
+    config = cls.from_json(saved["config"], source=f"{out_dir}/checkpoint/state.json")
     return dataclasses.replace(config, **overrides)
 
 
 def _load_checkpoint(
-    ckpt: Path, model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer
+    ckpt: Path, trainable: Trainable, ema: EMA, optimizer: torch.optim.Optimizer
 ) -> None:
     try:
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+        trainable.load_state_dict(load_file(str(ckpt / "model.safetensors")), where=str(ckpt))
         ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         index = json.loads((ckpt / "optimizer.json").read_text())
         tensors = load_file(str(ckpt / "optimizer.safetensors"))
@@ -367,12 +440,12 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, ckpt: Path) -> 
     differ = [
         f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}"
         for k in now
-        if k not in RESUMABLE_FIELDS and saved.get(k) != now[k]
+        if k not in config.RESUMABLE and saved.get(k) != now[k]
     ]
     if differ:
         raise InputError(
             f"cannot resume {ckpt}: options differ from the checkpoint ({'; '.join(differ)}); "
-            f"only {', '.join(RESUMABLE_FIELDS)} may change"
+            f"only {', '.join(config.RESUMABLE)} may change"
         )
 
 
@@ -387,32 +460,17 @@ def _truncate_log(log_path: Path, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# the loop
+# the run folder and the loop, shared by train() and adapt() (adapt/train.py)
+
+TRAIN_OUTPUTS = ("model", "ema", "train_config.json", "train_log.jsonl")
 
 
-def _batches(pool: DataPool, config: TrainConfig, start: int) -> Iterator[tuple[int, Any]]:
-    for step in range(start, config.steps):
-        idx = batch_indices(config.seed, step, config.batch_size, pool.images.shape[0])
-        yield step, (pool.images[idx], pool.labels[idx])
+def open_run(out: Path, resume: bool, outputs: tuple[str, ...]) -> dict[str, Any] | None:
+    """Check run folder ``out``; returns its checkpoint state (None for a new run).
 
-
-def train(
-    config: TrainConfig,
-    out_dir: str | os.PathLike,
-    resume: bool = False,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> TrainResult:
-    """Train (or resume) a run into ``out_dir``; returns the final models and this call's losses.
-
-    ``resume=False`` refuses a folder that already holds a run; ``resume=True`` needs a
-    checkpoint there and continues from it exactly (only :data:`RESUMABLE_FIELDS` may differ).
+    ``resume=False`` refuses a folder that holds a checkpoint or any of ``outputs``;
+    ``resume=True`` needs a checkpoint there.
     """
-    from tte2tee_fast.adapt.maskr2 import remap_one_hot
-    from tte2tee_fast.models import from_preset, save_model
-
-    out = Path(out_dir)
-    ckpt = out / "checkpoint"
     saved = read_checkpoint_state(out)
     if resume and saved is None:
         raise InputError(f"cannot resume: {out} has no checkpoint (checkpoint/state.json)")
@@ -422,49 +480,80 @@ def train(
                 f"{out} already holds a training checkpoint: pass --resume to continue it, "
                 "or choose another --out"
             )
-        taken = [
-            n
-            for n in ("model", "ema", "train_config.json", "train_log.jsonl")
-            if (out / n).exists()
-        ]
+        taken = [n for n in outputs if (out / n).exists()]
         if taken:
             raise InputError(
                 f"{out} already holds a training run ({', '.join(taken)}); choose another --out"
             )
-    if saved is not None:
-        _check_resumable(saved["config"], config, ckpt)
-    device = torch.device(device)
+    return saved
 
-    # data and conditioning
+
+def check_resumable(saved: dict[str, Any] | None, config: TrainConfig, out: Path) -> None:
+    """Refuse to resume checkpoint state ``saved`` with options that change the numbers."""
+    if saved is not None:
+        _check_resumable(saved["config"], config, out / "checkpoint")
+
+
+def load_data(config: TrainConfig, saved: dict[str, Any] | None, out: Path, progress: bool):
+    """The data pool, its MaskR² spec and fingerprint; refuses data changed since ``saved``."""
     pool = build_pool(config, progress)
     spec = conditioning_spec(config, pool.schema)
     fingerprint = pool.fingerprint()
     if saved is not None and saved.get("data_sha256") != fingerprint:
         raise InputError(
-            f"cannot resume {ckpt}: the training data of --data {config.data!r} changed since "
-            "the checkpoint was written"
+            f"cannot resume {out / 'checkpoint'}: the training data of --data {config.data!r} "
+            "changed since the checkpoint was written"
         )
+    return pool, spec, fingerprint
 
-    # model, EMA, optimizer (initialisation is a pure function of the seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(step_seed(config.seed, 0, _STREAM_INIT))
-        model = from_preset(
-            config.preset, sample_size=config.size, label_channels=spec.num_channels
-        )
-    model.to(device).train()
-    ema = EMA(model, max_decay=config.ema_decay)
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    ema: EMA  # the EMA of the trained parameters
+    losses: list[float]  # one per step run by this call
+    start_step: int
+
+
+def _batches(pool: DataPool, config: TrainConfig, start: int) -> Iterator[tuple[int, Any]]:
+    for step in range(start, config.steps):
+        idx = batch_indices(config.seed, step, config.batch_size, pool.images.shape[0])
+        yield step, (pool.images[idx], pool.labels[idx])
+
+
+def fit(
+    config: TrainConfig,
+    trainable: Trainable,
+    out: Path,
+    pool: DataPool,
+    spec: Any,
+    saved: dict[str, Any] | None,
+    run_state: dict[str, Any],
+    device: torch.device,
+    progress: bool = True,
+    desc: str = "train",
+) -> FitResult:
+    """The training loop: optimise ``trainable.params`` from step 0, or from checkpoint
+    ``saved`` (restored here), to ``config.steps``; log to ``out/train_log.jsonl`` and write
+    ``out/checkpoint`` every ``config.checkpoint_every`` steps and at the end.
+
+    ``run_state`` (JSON) is added to every checkpoint's ``state.json`` beside the step, the
+    config and the elapsed seconds (e.g. the data fingerprint, the base model hash).
+    """
+    from tte2tee_fast.adapt.maskr2 import remap_one_hot
+
+    model = trainable.module
+    ema = EMA(trainable, max_decay=config.ema_decay)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999)
+        trainable.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999)
     )
     start = 0
     seconds = 0.0
     if saved is not None:
-        _load_checkpoint(ckpt, model, ema, optimizer)
+        _load_checkpoint(out / "checkpoint", trainable, ema, optimizer)
         start, seconds = int(saved["step"]), float(saved.get("seconds", 0.0))
         _truncate_log(out / "train_log.jsonl", start)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "train_config.json", config.to_json())
-    _write_json(out / "maskr2.json", spec.to_json())
 
     schedule = NoiseSchedule.cosine(1000)
     T = schedule.num_train_timesteps
@@ -483,26 +572,27 @@ def train(
             "step": step,
             "seconds": elapsed,
             "config": config.to_json(),
-            "data_sha256": fingerprint,
+            **run_state,
             "torch": torch.__version__,
         }
 
     losses: list[float] = []
     window: list[torch.Tensor] = []  # losses since the last log line (synced only when logging)
     t0, t_log = time.perf_counter(), time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
     log = (out / "train_log.jsonl").open("a")
     bar = tqdm(
         total=config.steps,
         initial=start,
         unit="step",
-        desc="train",
+        desc=desc,
         disable=None if progress else True,
     )
     try:
         for step, (x0, labels) in _batches(pool, config, start):
             # everything random in this step comes from (seed, step)
-            torch.manual_seed(step_seed(config.seed, step, _STREAM_GLOBAL))
-            gen = _generator(config.seed, step, _STREAM_STEP)
+            torch.manual_seed(step_seed(config.seed, step, STREAM_GLOBAL))
+            gen = _generator(config.seed, step, STREAM_STEP)
             t = torch.randint(0, T, (x0.shape[0],), generator=gen)  # [B]
             noise = torch.randn(x0.shape, generator=gen)  # [B, 1, S, S]
             cond = remap_one_hot(labels, spec)  # [B, C, S, S]
@@ -524,9 +614,9 @@ def train(
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.grad_clip)
             optimizer.step()
-            ema.update(model)
+            ema.update(trainable)
             window.append(loss.detach())
             bar.update(1)
             done = step + 1
@@ -559,23 +649,62 @@ def train(
                 window, t_log = [], now
             if at_checkpoint:
                 save_checkpoint(
-                    out, model, ema, optimizer, state(done, seconds + time.perf_counter() - t0)
+                    out, trainable, ema, optimizer, state(done, seconds + time.perf_counter() - t0)
                 )
     finally:
         bar.close()
         log.close()
+    return FitResult(ema=ema, losses=losses, start_step=start)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) a run into ``out_dir``; returns the final models and this call's losses.
+
+    ``resume=False`` refuses a folder that already holds a run; ``resume=True`` needs a
+    checkpoint there and continues from it exactly (only :data:`RESUMABLE_FIELDS` may differ).
+    """
+    from tte2tee_fast.models import from_preset, save_model
+
+    out = Path(out_dir)
+    saved = open_run(out, resume, TRAIN_OUTPUTS)
+    check_resumable(saved, config, out)
+    device = torch.device(device)
+
+    # data and conditioning
+    pool, spec, fingerprint = load_data(config, saved, out, progress)
+
+    # model (initialisation is a pure function of the seed); the loop restores a checkpoint
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(step_seed(config.seed, 0, STREAM_INIT))
+        model = from_preset(
+            config.preset, sample_size=config.size, label_channels=spec.num_channels
+        )
+    model.to(device).train()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "train_config.json", config.to_json())
+    write_json(out / "maskr2.json", spec.to_json())
+    trainable = Trainable.whole(model)
+    result = fit(
+        config, trainable, out, pool, spec, saved, {"data_sha256": fingerprint}, device, progress
+    )
 
     # final weights: raw and EMA, as model folders
     model.eval()
     ema_model = copy.deepcopy(model)
-    ema.copy_to(ema_model)
+    result.ema.copy_to(ema_model)
     save_model(model, out / "model")
     save_model(ema_model, out / "ema")
     return TrainResult(
         model=model,
         ema_model=ema_model,
-        losses=losses,
-        start_step=start,
-        step=max(start, config.steps),
+        losses=result.losses,
+        start_step=result.start_step,
+        step=max(result.start_step, config.steps),
         out_dir=out,
     )
