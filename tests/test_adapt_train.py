@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers import random_micro
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -24,7 +25,7 @@ from tte2tee_fast.adapt.train import (
     final_loss,
 )
 from tte2tee_fast.errors import InputError
-from tte2tee_fast.models import from_preset, load_model, model_hash, save_model
+from tte2tee_fast.models import load_model, model_hash, save_model
 
 FAST = dict(
     num_cases=3,
@@ -40,24 +41,13 @@ FAST = dict(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_like_base(seed: int = 0, **overrides) -> torch.nn.Module:
     """A micro base (64 px) whose zero-initialised layers (SDM's zero_module) are filled with
     small random values, as after training: with a zero output layer no gradient reaches LoRA."""
-    torch.manual_seed(seed)
-    model = from_preset("micro", sample_size=64, **overrides)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not bool(p.any()):
-                p.normal_(0.0, 0.05)
-    return model
+    return random_micro(seed, sample_size=64, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -81,14 +81,7 @@ def rewrite_weights(folder: Path, edit) -> None:
     save_file(tensors, str(path))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Micro-model tensors are tiny: one intra-op thread avoids OpenMP barrier stalls that make
-    them 100x slower on a busy 2-core machine. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import error_line
 
 from tte2tee_fast import packaged
 from tte2tee_fast.adapt.adapter import read_adapter
@@ -20,12 +21,7 @@ from tte2tee_fast.models import from_preset, load_model, model_hash, save_model
 FAST = ["--num-cases", "2", "--augment", "1", "--batch-size", "2", "--no-bf16", "--warmup", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +37,6 @@ def packaged_base(base_dir, tmp_path, monkeypatch):
     shutil.copytree(base_dir, assets / packaged.DEFAULT_MODEL)
     monkeypatch.setattr(packaged, "ASSETS", assets)
     return base_dir
-
-
-def _error_line(res) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
-    return lines[0]
 
 
 def test_adapt_prints_counts_trains_and_resumes(base_dir, tmp_path):
@@ -87,11 +76,11 @@ def test_adapt_and_merge_default_to_the_packaged_base(packaged_base, tmp_path):
 def test_missing_packaged_base_is_one_error_line(tmp_path, monkeypatch):
     monkeypatch.setattr(packaged, "ASSETS", tmp_path / "no-assets")
     res = CliRunner().invoke(main, ["adapt", *FAST, "--steps", "1", "--out", str(tmp_path / "a")])
-    assert "packaged weights 'phantom-tte' not found" in _error_line(res)
+    assert "packaged weights 'phantom-tte' not found" in error_line(res)
     res = CliRunner().invoke(
         main, ["merge", "--adapter", str(tmp_path), "--out", str(tmp_path / "m")]
     )
-    assert "packaged weights" in _error_line(res)
+    assert "packaged weights" in error_line(res)
 
 
 def test_adapt_errors(base_dir, tmp_path):
@@ -100,18 +89,18 @@ def test_adapt_errors(base_dir, tmp_path):
     res = runner.invoke(
         main, [*common, "--base", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
     )
-    assert "does not exist" in _error_line(res)
+    assert "does not exist" in error_line(res)
     # the remap's source schema must be the data's schema
     res = runner.invoke(
         main,
         [*common, "--base", str(base_dir), "--data", "phantom-tte", "--out", str(tmp_path / "o")],
     )
-    assert "maps schema 'tee'" in _error_line(res)
+    assert "maps schema 'tee'" in error_line(res)
     # the spec's channels must be the base's label channels
     torch.manual_seed(0)
     six = save_model(from_preset("micro", sample_size=64, label_channels=6), tmp_path / "six")
     res = runner.invoke(main, [*common, "--base", str(six), "--out", str(tmp_path / "o")])
-    assert "takes 6 label channels" in _error_line(res)
+    assert "takes 6 label channels" in error_line(res)
     res = runner.invoke(
         main, [*common, "--base", str(base_dir), "--targets", "mlps", "--out", str(tmp_path / "o")]
     )
@@ -129,7 +118,7 @@ def test_adapt_errors(base_dir, tmp_path):
             str(tmp_path / "o"),
         ],
     )
-    assert "--ablate trains every target preset" in _error_line(res)
+    assert "--ablate trains every target preset" in error_line(res)
     assert not (tmp_path / "o").exists()
 
 

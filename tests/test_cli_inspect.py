@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import error_line
 from PIL import Image
 
 from tte2tee_fast.cli import main
@@ -30,15 +31,6 @@ def _folder(root: Path, schema: str | None = "tee") -> Path:
 def _run(*args: str):
     result = CliRunner().invoke(main, ["inspect", *args])
     return result, result.output
-
-
-def _assert_one_error_line(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
 
 
 def test_summary_of_a_good_folder(tmp_path):
@@ -66,47 +58,47 @@ def test_mask_value_outside_schema(tmp_path):
     bad[0, 0], bad[0, 1] = 7, 9
     Image.fromarray(bad).save(root / "masks" / "c1.png")
     result, _ = _run("--data", str(root))
-    _assert_one_error_line(result, "c1.png", "[7, 9]", "'tee'")
+    error_line(result, "c1.png", "[7, 9]", "'tee'")
 
 
 def test_declared_schema_overrides_card_and_reports_values(tmp_path):
     root = _folder(tmp_path)  # labels up to 4: valid tee, and valid tte too
     result, _ = _run("--data", str(root), "--schema", "camus")
-    _assert_one_error_line(result, "c2.png", "[4]", "'camus'")
+    error_line(result, "c2.png", "[4]", "'camus'")
 
 
 def test_size_mismatch(tmp_path):
     root = _folder(tmp_path)
     Image.fromarray(np.zeros((32, 30), np.uint8)).save(root / "masks" / "c0.png")
     result, _ = _run("--data", str(root))
-    _assert_one_error_line(result, "c0.png", "32x30", "32x32")
+    error_line(result, "c0.png", "32x30", "32x32")
 
 
 def test_unreadable_file(tmp_path):
     root = _folder(tmp_path)
     (root / "images" / "c2.png").write_bytes(b"not a png at all")
     result, _ = _run("--data", str(root))
-    _assert_one_error_line(result, "c2.png", "cannot read image")
+    error_line(result, "c2.png", "cannot read image")
 
 
 def test_missing_folder(tmp_path):
     result, _ = _run("--data", str(tmp_path / "nowhere"))
-    _assert_one_error_line(result, "nowhere", "not found")
+    error_line(result, "nowhere", "not found")
 
 
 @pytest.mark.parametrize("fmt", ["folder", "camus"])
 def test_empty_folder_in_each_format(tmp_path, fmt):
     result, _ = _run("--data", str(tmp_path), "--format", fmt)
-    _assert_one_error_line(result, str(tmp_path))
+    error_line(result, str(tmp_path))
 
 
 def test_image_without_mask_and_missing_schema(tmp_path):
     root = _folder(tmp_path, schema=None)
     result, _ = _run("--data", str(root))
-    _assert_one_error_line(result, "--schema")
+    error_line(result, "--schema")
     (root / "masks" / "c1.png").unlink()
     result, _ = _run("--data", str(root), "--schema", "tee")
-    _assert_one_error_line(result, "c1.png", "image without mask")
+    error_line(result, "c1.png", "image without mask")
 
 
 def test_value_map_file(tmp_path):
@@ -119,4 +111,4 @@ def test_value_map_file(tmp_path):
     assert result.exit_code == 0, out
     assert next(ln for ln in out.splitlines() if " rv " in ln).strip().endswith("2.08%")
     vmap.write_text("[1, 2]")
-    _assert_one_error_line(_run("--data", str(root), "--value-map", str(vmap))[0], "map.json")
+    error_line(_run("--data", str(root), "--value-map", str(vmap))[0], "map.json")

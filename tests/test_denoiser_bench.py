@@ -19,13 +19,7 @@ from tte2tee_fast.evaluate.denoiser_bench import (
 from tte2tee_fast.evaluate.kernel_bench import write_json
 from tte2tee_fast.models import from_preset, model_hash, save_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rows_ratios_and_bf16_error(tmp_path):

@@ -28,13 +28,7 @@ from tte2tee_fast.evaluate.kernel_bench import (
 from tte2tee_fast.models import PRESETS, from_preset
 from tte2tee_fast.models.blocks import SPADEGroupNorm
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("preset", ["tiny", "sdm256"])

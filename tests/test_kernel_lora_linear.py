@@ -12,6 +12,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomise_zero_params
 from torch import nn
 from tte2tee_fast.kernels.lora_linear import (
     FusedLoRALinear,
@@ -221,15 +222,6 @@ def test_fused_module_trains_through_the_reference() -> None:
     assert linear.weight.grad is not None and linear.weight.grad.abs().sum() > 0
 
 
-def _randomise_zero_params(model: nn.Module, seed: int) -> None:
-    """The U-Net's zero-initialised output convs would hide every difference: fill them."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-
-
 def _linear_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if type(m) is nn.Linear]
 
@@ -237,7 +229,7 @@ def _linear_names(model: nn.Module) -> list[str]:
 def test_fused_micro_unet_rows_equal_per_adapter_merged_models() -> None:
     torch.manual_seed(0)
     model = SemanticUNet.from_preset("micro").eval()
-    _randomise_zero_params(model, seed=1)
+    randomise_zero_params(model, generator=torch.Generator().manual_seed(1))
     names = _linear_names(model)
     assert "time_embed.0" in names and any(n.endswith("emb_layers.1") for n in names)
     linears = dict(model.named_modules())
@@ -293,7 +285,7 @@ def test_fuse_adapter_folders_matches_peft(tmp_path) -> None:
 
     torch.manual_seed(3)
     model = SemanticUNet.from_preset("micro").eval()
-    _randomise_zero_params(model, seed=4)
+    randomise_zero_params(model, generator=torch.Generator().manual_seed(4))
     plain = copy.deepcopy(model)
     base_hash = model_hash(model)
     x, t = torch.randn(2, 1, 32, 32), torch.tensor([3.0, 700.0])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from peft import PeftModel
-from test_adapter import inputs, make_adapter, micro_base, one_thread, rewrite_weights
+from test_adapter import inputs, make_adapter, micro_base, rewrite_weights
 
 from tte2tee_fast.adapt.adapter import attach_adapter
 from tte2tee_fast.adapt.maskr2 import MaskR2Spec, builtin_spec
@@ -26,7 +26,7 @@ from tte2tee_fast.data.schemas import TTE
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import load_model, model_hash, save_model
 
-__all__ = ["one_thread"]  # the autouse fixture imported from test_adapter
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

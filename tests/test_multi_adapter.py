@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from test_adapter import lora_model, micro_base, one_thread
+from test_adapter import lora_model, micro_base
 from tte2tee_fast.kernels.lora_linear import FusedLoRALinear
 
 from tte2tee_fast.adapt.adapter import save_adapter
@@ -24,7 +24,7 @@ from tte2tee_fast.generate.multi_adapter import (
 from tte2tee_fast.generate.sample import SampleConfig, sample_batch, sample_labels
 from tte2tee_fast.models import from_preset, load_model, model_hash, save_model
 
-__all__ = ["one_thread"]  # the autouse fixture imported from test_adapter
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # a second TEE spec that differs from the built-in tee->tte: LV on the myocardium channel and
 # the right heart on the LV-cavity channel

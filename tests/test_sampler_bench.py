@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import random_micro
 from PIL import Image
 
-from tte2tee_fast.cli import _BENCH_REFERENCE_SAMPLERS, main
+from tte2tee_fast.cli import main
+from tte2tee_fast.commands.bench import _BENCH_REFERENCE_SAMPLERS
 from tte2tee_fast.diffusion import SAMPLERS, NoiseSchedule, NoiseSource
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.evaluate.sampler_bench import (
@@ -33,7 +35,7 @@ from tte2tee_fast.evaluate.sampler_bench import (
     steps_for_nfe,
     write_outputs,
 )
-from tte2tee_fast.models import from_preset, save_model
+from tte2tee_fast.models import save_model
 
 SCHED = NoiseSchedule.cosine(1000)
 ABAR = SCHED.alphas_cumprod.clone()  # float64 [T]
@@ -69,22 +71,10 @@ def _cond(n: int = 2, size: int = 8) -> torch.Tensor:
 
 def _micro(size: int = 32) -> torch.nn.Module:
     """A random micro model whose zero-initialised layers are randomised too (eps != 0)."""
-    torch.manual_seed(0)
-    model = from_preset("micro", sample_size=size).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if not bool(p.any()):
-                p.normal_(0.0, 0.05)
-    return model
+    return random_micro(0, sample_size=size).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the micro model's tiny convolutions slow down badly with 2 threads on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _expected_nfe(name: str, budget: int, guidance: float) -> int:

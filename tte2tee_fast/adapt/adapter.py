@@ -23,10 +23,6 @@ import copy
 import json
 import math
 import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +36,7 @@ from torch import nn
 from tte2tee_fast.adapt.maskr2 import MaskR2Spec
 from tte2tee_fast.adapt.targets import TARGET_PRESETS, lora_shapes, resolve_targets
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.fsutil import staged_folder
 from tte2tee_fast.models.io import model_hash
 
 FORMAT_VERSION = 1
@@ -106,27 +103,6 @@ class Adapter:
         """peft's LoRA scale: ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA)."""
         r, alpha = self.config.r, self.config.lora_alpha
         return alpha / math.sqrt(r) if self.config.use_rslora else alpha / r
-
-
-@contextmanager
-def staged_folder(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a not-yet-existing temporary path beside ``dest``; the caller creates the folder
-    there. On success it replaces ``dest``; on error nothing is left behind."""
-    dest = Path(dest)
-    if dest.exists() and not dest.is_dir():
-        raise InputError(f"output {dest} exists and is not a folder")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = dest.parent / f".{dest.name}.tmp-{tag}"
-    old = dest.parent / f".{dest.name}.old-{tag}"
-    try:
-        yield tmp
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:

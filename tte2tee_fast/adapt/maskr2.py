@@ -54,6 +54,7 @@ from torch import nn
 
 from tte2tee_fast.data.schemas import LabelSchema, get_schema
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.fsutil import write_json_atomic
 
 OPS = ("identity", "reduce", "repurpose")
 
@@ -132,10 +133,7 @@ class MaskR2Spec:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the spec as JSON (to a temporary name, then renamed)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
+        write_json_atomic(path, self.to_json())
 
     @property
     def num_channels(self) -> int:

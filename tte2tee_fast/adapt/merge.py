@@ -31,11 +31,11 @@ from tte2tee_fast.adapt.adapter import (
     check_finite,
     check_targets,
     read_adapter,
-    staged_folder,
 )
 from tte2tee_fast.adapt.maskr2 import MaskR2Spec, load_spec
 from tte2tee_fast.data.schemas import TTE
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.fsutil import staged_folder
 from tte2tee_fast.models.io import CONFIG_NAME, load_model, save_model
 
 MASKR2_NAME = "maskr2.json"

@@ -1,6 +1,6 @@
 """Adaptation training: a LoRA adapter on a frozen base model (arXiv 2508.13077).
 
-The loop is the one of :mod:`tte2tee_fast.models.train` (:func:`~tte2tee_fast.models.train.fit`):
+The loop is the one of :mod:`tte2tee_fast.models.loop` (:func:`~tte2tee_fast.models.loop.fit`):
 same in-memory data pool, same ``(seed, step)`` seeding, log, checkpoints and exact resume. Only
 what is trained differs: the base model is loaded and frozen, its hash is recorded *before* LoRA
 is added (``models.model_hash``), peft LoRA layers are added on the chosen target preset
@@ -48,19 +48,18 @@ from torch import nn
 from tte2tee_fast.adapt.adapter import CONFIG_NAME, META_NAME, WEIGHTS_NAME, save_adapter
 from tte2tee_fast.adapt.targets import TARGET_PRESETS, count_lora_parameters, lora_config
 from tte2tee_fast.errors import InputError
-from tte2tee_fast.models.train import (
-    RESUMABLE_FIELDS,
+from tte2tee_fast.fsutil import write_json_atomic, write_text_atomic
+from tte2tee_fast.models.checkpoint import read_checkpoint_state
+from tte2tee_fast.models.loop import (
     STREAM_INIT,
     Trainable,
-    TrainConfig,
     check_resumable,
     fit,
     load_data,
     open_run,
-    read_checkpoint_state,
     step_seed,
-    write_json,
 )
+from tte2tee_fast.models.train import RESUMABLE_FIELDS, TrainConfig
 
 CONFIG_FILE = "adapt_config.json"
 LOG_FILE = "train_log.jsonl"
@@ -248,7 +247,7 @@ def adapt(
         )
     model = trainable.module.train()
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG_FILE, config.to_json())
+    write_json_atomic(out / CONFIG_FILE, config.to_json())
     run_state = {"kind": RUN_KIND, "data_sha256": fingerprint, "base_model_hash": base_hash}
     desc = f"adapt {config.targets}"
     result = fit(config, trainable, out, pool, spec, saved, run_state, device, progress, desc)
@@ -354,8 +353,6 @@ def ablate(
         )
     cfg = {k: v for k, v in bound.to_json().items() if k != "targets"}
     table = {"config": cfg, "frames": frames, "last_k": last_k, "rows": rows}
-    write_json(out / ABLATION_JSON, table)
-    tmp = out / f".{ABLATION_MD}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(ablation_markdown(table))
-    os.replace(tmp, out / ABLATION_MD)
+    write_json_atomic(out / ABLATION_JSON, table)
+    write_text_atomic(out / ABLATION_MD, ablation_markdown(table))
     return table

@@ -14,14 +14,13 @@ a folder with a card is complete. Same arguments give byte-identical files.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from tte2tee_fast import __version__
 from tte2tee_fast.data.phantom import MAX_SIZE, MIN_SIZE, case_seed, check_view, phantom_case
 from tte2tee_fast.data.preview import save_contact_sheet, save_png
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.fsutil import write_json_atomic
 
 
 def case_name(index: int) -> str:
@@ -81,18 +80,8 @@ def write_pairs(
         "generator": f"tte2tee-fast phantom {__version__}",
         "cases": cases,
     }
-    _write_json(out / "card.json", card)
+    write_json_atomic(out / "card.json", card, indent=1)
     if preview is not None:
         images, masks, schemas = zip(*shown, strict=True)
         save_contact_sheet(preview, images, masks, schemas[0])
     return out
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temporary name, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -8,7 +8,6 @@ every structure, so the fit of mask and image can be judged at a glance.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from tte2tee_fast.data.schemas import LabelSchema
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.fsutil import staged_file
 
 _UNCOLOURED = ("outside", "background")
 _GAP = 4  # pixels between tiles
@@ -107,14 +107,10 @@ def save_png(path: str | Path, array: np.ndarray, compress_level: int = 3) -> Pa
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with staged_file(path) as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(
             tmp, format="PNG", compress_level=compress_level
         )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

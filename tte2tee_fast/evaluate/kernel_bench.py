@@ -33,7 +33,6 @@ CUDA, the Triton columns (and the floor) read "no GPU".
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -49,6 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.fsutil import write_json_atomic
 
 NO_GPU = "no GPU"
 SHAPE_SETS = {"small": "tiny", "paper": "sdm256"}  # --shapes -> model preset
@@ -503,10 +503,5 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     if path.is_dir():
         raise InputError(f"--json {path} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomic(path, data)
     return path

@@ -32,7 +32,6 @@ other rows together at the default budgets.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -46,6 +45,7 @@ from tqdm.auto import tqdm
 from tte2tee_fast.diffusion import SAMPLERS, NFECounter, NoiseSchedule, cfg_eps_fn
 from tte2tee_fast.diffusion.samplers import STOCHASTIC
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.fsutil import staged_file, write_json_atomic, write_text_atomic
 from tte2tee_fast.generate.sample import SampleConfig, sample_batch
 
 DEFAULT_NFES = (5, 10, 20, 50)
@@ -460,15 +460,6 @@ def result_json(result: SamplerBenchResult) -> dict:
     }
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _check_out(out: str | os.PathLike) -> Path:
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
@@ -483,28 +474,26 @@ def write_outputs(result: SamplerBenchResult, out: str | os.PathLike) -> dict[st
     folder = _check_out(out)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {key: folder / name for key, name in FILES.items()}
-    text = json.dumps(result_json(result), indent=2) + "\n"
-    _write_atomic(paths["json"], lambda p: p.write_text(text))
-    _write_atomic(paths["markdown"], lambda p: p.write_text(markdown_table(result)))
+    write_json_atomic(paths["json"], result_json(result))
+    write_text_atomic(paths["markdown"], markdown_table(result))
     series = {}
     for r in result.rows:
         series.setdefault(r.sampler, []).append((r.nfe, r.rel_rmse))
-    _write_atomic(
-        paths["plot"],
-        lambda p: plot_error_vs_nfe(
-            p,
+    with staged_file(paths["plot"]) as tmp:
+        plot_error_vs_nfe(
+            tmp,
             series,
             stochastic=set(STOCHASTIC),
             threshold=result.config.threshold,
             reference_error=result.reference.error_estimate,
-        ),
-    )
+        )
     targets = sorted({r.target_nfe for r in result.rows})
     samplers = list(dict.fromkeys(r.sampler for r in result.rows))
     columns = [f"NFE {t}" for t in targets] + ["reference"]
     cells = {(name, f"NFE {t}"): x for (name, t), x in result.frames.items()}
     cells.update({(name, "reference"): result.reference_frames for name in samplers})
-    _write_atomic(paths["grid"], lambda p: plot_image_grid(p, samplers, columns, cells))
+    with staged_file(paths["grid"]) as tmp:
+        plot_image_grid(tmp, samplers, columns, cells)
     return paths
 
 

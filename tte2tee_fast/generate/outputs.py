@@ -3,7 +3,6 @@ and a JSON report with per-label intensity statistics against the reference fram
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from tte2tee_fast.data.preview import overlay, save_png
 from tte2tee_fast.data.schemas import LabelSchema
 from tte2tee_fast.evaluate.intensity import compare_regions, outside_std
+from tte2tee_fast.fsutil import write_json_atomic
 
 _GAP = 4
 
@@ -72,7 +72,5 @@ def write_samples(
     save_png(out / "grid.png", comparison_grid(masks[:k], generated[:k], ref, schema))
     report = {**(meta or {}), "schema": schema.name, "n": len(names)}
     report.update(sample_report(generated, masks, reference, schema))
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out / "report.json")
+    write_json_atomic(out / "report.json", report)
     return report

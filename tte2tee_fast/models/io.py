@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.fsutil import staged_folder
 from tte2tee_fast.models.unet import SemanticUNet
 
 CONFIG_NAME = "config.json"
@@ -115,17 +114,8 @@ def save_model(model: SemanticUNet, path: str | os.PathLike) -> Path:
     if any("lora_" in k for k in model.state_dict()):
         raise InputError("model carries LoRA adapter layers: merge or unload them before saving")
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged_folder(dest) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return dest
 
 
