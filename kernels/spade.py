@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 
 from tte2tee_fast.errors import InputError
-from tte2tee_fast.models.blocks import spade_modulate
 
 from ._triton import launch_meta, lazy_kernel, maybe_autotune, require_complete_interpreter
 from ._triton import use_triton as _use_triton
@@ -130,6 +129,11 @@ def _emb_table(t: torch.Tensor | None, name: str, b: int, c: int) -> torch.Tenso
     if tuple(t.shape) not in ((b, c), (b, c, 1, 1)):
         raise InputError(f"{name} must be [{b}, {c}] or [{b}, {c}, 1, 1], got {tuple(t.shape)}")
     return t.reshape(b, c)
+
+
+def spade_modulate(x_normed: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """SPADE modulation of an already normalised activation: ``x * (1 + gamma) + beta``."""
+    return x_normed * (1 + gamma) + beta
 
 
 def _check(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from tte2tee_fast.kernels.spade import spade_modulate
 
 from tte2tee_fast.models import SemanticUNet, count_parameters, from_preset
 from tte2tee_fast.models.blocks import (
@@ -16,7 +17,6 @@ from tte2tee_fast.models.blocks import (
     ResBlock,
     SPADEGroupNorm,
     resize_labels,
-    spade_modulate,
     timestep_embedding,
 )
 
