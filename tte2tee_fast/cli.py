@@ -37,9 +37,14 @@ def main() -> None:
     """tte2tee-fast: synthetic transesophageal echo from label masks.
 
     \b
-    Examples:
-      tte2tee phantom --modality tee --n 8 --size 128 --out runs/phantom-tee
-      tte2tee phantom --modality tte --view a4c --n 16 --preview runs/a4c.png --out runs/a4c
+    Examples (the data path, in order):
+      tte2tee phantom --modality tee --n 8 --size 128 --preview runs/tee.png --out runs/phantom-tee
+      tte2tee train --data phantom-tte --preset tiny --steps 20000 --out runs/tiny-tte
+      tte2tee sample --model runs/tiny-tte/ema --sampler dpmpp_2m --steps 10 --out runs/sample
+      tte2tee adapt --base runs/tiny-tte/ema --targets mlp --rank 1 --out runs/tee-adapter
+      tte2tee merge --base runs/tiny-tte/ema --adapter runs/tee-adapter --out runs/tiny-tee
+      tte2tee sample --model runs/tiny-tee --masks phantom-tee --out runs/sample-tee
+      tte2tee bench samplers --model runs/tiny-tte/ema --out runs/bench-samplers
     """
 
 
