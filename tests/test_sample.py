@@ -45,7 +45,7 @@ def test_matches_direct_sampler_call(model):
     x = noise.initial((1, 32, 32))
     with torch.no_grad():
         ref = get_sampler("ddim")(
-            lambda x, t: model(x, t, cond), x, sched, sched.timesteps(5, "trailing"), noise=noise
+            lambda x, t: model(x, t, cond), x, sched, sched.timesteps(5, cfg.spacing), noise=noise
         )
     torch.testing.assert_close(got, ref.clamp(-1, 1), rtol=1e-5, atol=1e-5)
 
