@@ -47,8 +47,8 @@ def test_spade_shapes_match_a_real_forward():
     for name, mod in model.named_modules():
         if isinstance(mod, SPADEGroupNorm):
             emb = name.endswith("spade_out")
-            mod.norm.register_forward_hook(
-                lambda m, args, out, emb=emb: seen.add((*args[0].shape[1:], m.num_groups, emb))
+            mod.register_forward_hook(  # the SPADE norm's input x [B, C, H, W]
+                lambda m, args, out, emb=emb: seen.add((*args[0].shape[1:], m.norm.num_groups, emb))
             )
     s = model.config.sample_size
     with torch.no_grad():
