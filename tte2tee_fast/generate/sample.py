@@ -109,6 +109,7 @@ def sample_labels(
                 f"expects {channels}"
             )
     model.eval()
+    schedule = NoiseSchedule.cosine(1000)  # built once for every batch
     out = []
     n = labels.shape[0]
     bar = tqdm(
@@ -122,7 +123,7 @@ def sample_labels(
         else:  # per row: the frame's adapter and its spec
             cond, rows = adapters.remap(lab, idx), adapters.rows(model, idx)
         with rows:
-            out.append(sample_batch(model, cond, idx, config))
+            out.append(sample_batch(model, cond, idx, config, schedule))
         bar.update(lab.shape[0])
     bar.close()
     return torch.cat(out)
