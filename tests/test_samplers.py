@@ -107,11 +107,15 @@ def _ref_ddim(spacing, n, eta=0.0, z=None):
     return sch.timesteps, x
 
 
-def _ref_ddpm(spacing, n, z, variance_type, monkeypatch):
+def _ref_ddpm(spacing, n, z, variance_type, monkeypatch, clip_range=None):
     import diffusers.schedulers.scheduling_ddpm as ddpm_mod
 
+    clip = {"clip_sample": True, "clip_sample_range": clip_range} if clip_range else {}
     sch = _diffusers(
-        DDPMScheduler, clip_sample=False, timestep_spacing=spacing, variance_type=variance_type
+        DDPMScheduler,
+        timestep_spacing=spacing,
+        variance_type=variance_type,
+        **({"clip_sample": False} | clip),
     )
     sch.one = torch.tensor(1.0, dtype=torch.float64)
     sch.set_timesteps(n)

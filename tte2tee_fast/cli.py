@@ -16,6 +16,7 @@ from tte2tee_fast import __version__
 from tte2tee_fast.commands.adapt import adapt_cmd, merge_cmd
 from tte2tee_fast.commands.bench import bench_group
 from tte2tee_fast.commands.data import inspect_cmd, phantom_cmd
+from tte2tee_fast.commands.export import export_group
 from tte2tee_fast.commands.model import info_cmd, sample_cmd, train_cmd
 from tte2tee_fast.errors import InputError
 
@@ -54,6 +55,7 @@ def main() -> None:
 for _command in (
     adapt_cmd,
     bench_group,
+    export_group,
     info_cmd,
     inspect_cmd,
     merge_cmd,

@@ -201,6 +201,12 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     show_default=True,
     help="DDIM eta (0 = deterministic).",
 )
+@click.option(
+    "--clip/--no-clip",
+    default=True,
+    show_default=True,
+    help="Clamp each step's clean-image estimate to [-1, 1] (as SDM / diffusers clip_sample).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
 @click.option("--mask-seed", type=int, default=0, show_default=True, help="Phantom mask seed.")
 @click.option(

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from tte2tee_fast.adapt.maskr2 import MaskR2Spec, remap_one_hot
 from tte2tee_fast.diffusion import NoiseSchedule, NoiseSource, cfg_eps_fn, get_sampler
+from tte2tee_fast.diffusion.clip import clip_denoised
 from tte2tee_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class SampleConfig:
     batch_size: int = 8
     bf16: bool = False  # bf16 autocast on CPU (weights stay fp32)
     eta: float = 0.0  # ddim only
+    # clamp each step's clean-image estimate to [-1, 1] (diffusion/clip.py; SDM and guided
+    # diffusion sample this way). Off for ODE-error measurements: it changes the ODE.
+    clip: bool = True
 
 
 def _model_fn(model: torch.nn.Module, bf16: bool) -> Callable:
@@ -77,6 +81,8 @@ def sample_batch(
     h, w = cond.shape[-2:]
     x = noise.initial((1, h, w), device=cond.device)  # [B, 1, H, W]
     eps_fn = cfg_eps_fn(_model_fn(model, config.bf16), cond, config.guidance)
+    if config.clip:
+        eps_fn = clip_denoised(eps_fn, schedule)
     if eps_wrapper is not None:
         eps_fn = eps_wrapper(eps_fn)
     options = {"eta": config.eta} if config.sampler == "ddim" else {}
