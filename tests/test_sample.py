@@ -33,11 +33,12 @@ def test_frames_do_not_depend_on_batch_size(model):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("clip", [False, True])
-def test_matches_direct_sampler_call(model, clip):
+@pytest.mark.parametrize(("clip", "t_max"), [(False, None), (True, None), (False, 700)])
+def test_matches_direct_sampler_call(model, clip, t_max):
     labels = _labels(3, seed=1)
     spec = MaskR2Spec.identity(TTE)
-    cfg = SampleConfig("ddim", 5, seed=7, batch_size=3, clip=clip)
+    spacing = "leading" if t_max is None else "trailing"
+    cfg = SampleConfig("ddim", 5, spacing, seed=7, batch_size=3, clip=clip, t_max=t_max)
     got = sample_labels(model, labels, spec, cfg, progress=False)
     # independent path: one-hot by F.one_hot, same counter-based noise, plain sampler call
     cond = torch.nn.functional.one_hot(labels, 5).permute(0, 3, 1, 2).float()
@@ -54,7 +55,9 @@ def test_matches_direct_sampler_call(model, clip):
     noise = NoiseSource(7, [0, 1, 2])
     x = noise.initial((1, 32, 32))
     with torch.no_grad():
-        ref = get_sampler("ddim")(eps_fn, x, sched, sched.timesteps(5, cfg.spacing), noise=noise)
+        ts = sched.timesteps(5, spacing, t_max=t_max)
+        assert int(ts[0]) == (700 if t_max else 800)
+        ref = get_sampler("ddim")(eps_fn, x, sched, ts, noise=noise)
         unclipped = sample_labels(
             model, labels, spec, SampleConfig("ddim", 5, seed=7, clip=False), progress=False
         )

@@ -95,6 +95,36 @@ def test_karras_matches_rounded_diffusers_karras(n):
     assert torch.equal(ours, d.timesteps.long())
 
 
+@pytest.mark.parametrize("n", [1, 5, 10, 37, 980])
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_t_max_is_diffusers_rule_on_the_cut_schedule(spacing, n):
+    """t_max = 979: diffusers' spacing of a 980-step schedule (the same first 980 timesteps)."""
+    d = DDIMScheduler(num_train_timesteps=980, timestep_spacing=spacing)
+    d.set_timesteps(n)
+    assert torch.equal(SCHED.timesteps(n, spacing, t_max=979), d.timesteps.long())
+
+
+@pytest.mark.parametrize("n", [4, 10, 20])
+def test_karras_t_max_is_karras_on_the_cut_schedule(n):
+    full = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear")
+    cut = DPMSolverMultistepScheduler(
+        num_train_timesteps=800, trained_betas=full.betas[:800].tolist(), use_karras_sigmas=True
+    )
+    cut.set_timesteps(n)
+    ours = NoiseSchedule.from_alphas_cumprod(full.alphas_cumprod.double())
+    assert torch.equal(ours.timesteps(n, "karras", t_max=799), cut.timesteps.long())
+
+
+def test_t_max_bad_values():
+    with pytest.raises(InputError, match="leading"):
+        SCHED.timesteps(10, "leading", t_max=900)
+    for bad in (0, 1000):
+        with pytest.raises(InputError, match="t_max must be between 1 and 999"):
+            SCHED.timesteps(10, "trailing", t_max=bad)
+    with pytest.raises(InputError, match="at most t_max \\+ 1 = 11"):
+        SCHED.timesteps(12, "trailing", t_max=10)
+
+
 @pytest.mark.parametrize("n", [1, 2, 10, 50, 200, 1000])
 def test_karras_on_cosine_gives_distinct_descending_steps(n):
     ts = SCHED.timesteps(n, "karras")

@@ -84,6 +84,19 @@ _BENCH_REFERENCE_SAMPLERS = ("dpmpp_3m", "heun", "dpmpp_2m", "unipc", "ddim", "e
     show_default=True,
     help="bf16 autocast for the network (the reference too).",
 )
+@click.option(
+    "--clip/--no-clip",
+    default=True,
+    show_default=True,
+    help="Solve the ODE with the data prediction clamped to [-1, 1], as `tte2tee sample` "
+    "samples (the plain ODE from t = 999 is ill-conditioned for an eps-network).",
+)
+@click.option(
+    "--t-max",
+    type=click.IntRange(min=1, max=999),
+    default=None,
+    help="Start at this training timestep instead of 999 (trailing/linspace/karras spacing).",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(

@@ -207,6 +207,12 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     show_default=True,
     help="Clamp each step's clean-image estimate to [-1, 1] (as SDM / diffusers clip_sample).",
 )
+@click.option(
+    "--t-max",
+    type=click.IntRange(min=1, max=999),
+    default=None,
+    help="Start at this training timestep instead of 999 (trailing/linspace/karras spacing).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
 @click.option("--mask-seed", type=int, default=0, show_default=True, help="Phantom mask seed.")
 @click.option(

@@ -83,7 +83,11 @@ class NoiseSchedule:
         return a * x0 + s * noise
 
     def timesteps(
-        self, num_steps: int, spacing: str = "trailing", rho: float = 7.0
+        self,
+        num_steps: int,
+        spacing: str = "trailing",
+        rho: float = 7.0,
+        t_max: int | None = None,
     ) -> torch.Tensor:
         """Descending integer training timesteps ``[num_steps]`` (int64), as diffusers spaces them.
 
@@ -100,6 +104,12 @@ class NoiseSchedule:
         where rounding makes neighbours collide (the cosine schedule's k-sigma jumps from ~640 to
         ~2e4 over its last timestep) the list is repaired to the nearest strictly descending one,
         so ``num_steps`` distinct timesteps always come back.
+
+        ``t_max`` (``trailing``, ``linspace``, ``karras``): start at training timestep ``t_max``
+        instead of ``T - 1``, the same rule applied to the schedule cut at ``t_max + 1`` steps (as
+        DPM-Solver ends the cosine schedule at t = 0.9946: at ``T - 1`` the capped cosine has
+        alpha = 4.9e-5 and an eps-network's clean-image estimate is its eps error x 2e4).
+        ``None``: ``T - 1``, diffusers' spacings exactly.
         """
         T = self.num_train_timesteps
         if spacing not in SPACINGS:
@@ -110,16 +120,24 @@ class NoiseSchedule:
             raise InputError(
                 f"steps must be between 1 and {T} (the training steps), got {num_steps}"
             )
+        if t_max is not None:
+            if spacing == "leading":
+                raise InputError("t_max does not apply to leading spacing (it starts below T - 1)")
+            if not 0 < t_max < T:
+                raise InputError(f"t_max must be between 1 and {T - 1}, got {t_max}")
+            if num_steps > t_max + 1:
+                raise InputError(f"steps must be at most t_max + 1 = {t_max + 1}, got {num_steps}")
+        span = T if t_max is None else int(t_max) + 1  # timesteps 0 .. span - 1 are used
         if spacing == "linspace":
-            ts = np.linspace(0, T - 1, num_steps).round()[::-1]
+            ts = np.linspace(0, span - 1, num_steps).round()[::-1]
         elif spacing == "leading":
             ts = (np.arange(num_steps) * (T // num_steps)).round()[::-1]
         elif spacing == "trailing":
-            ts = np.round(np.arange(T, 0, -T / num_steps)) - 1
+            ts = np.round(np.arange(span, 0, -span / num_steps)) - 1
         else:
             if not rho > 0:
                 raise InputError(f"karras rho must be > 0, got {rho}")
-            ts = _karras_timesteps(self.k_sigmas.numpy(), num_steps, rho)
+            ts = _karras_timesteps(self.k_sigmas.numpy()[:span], num_steps, rho)
         return torch.from_numpy(np.ascontiguousarray(ts).astype(np.int64))
 
 

@@ -43,6 +43,7 @@ class SampleConfig:
     # clamp each step's clean-image estimate to [-1, 1] (diffusion/clip.py; SDM and guided
     # diffusion sample this way). Off for ODE-error measurements: it changes the ODE.
     clip: bool = True
+    t_max: int | None = None  # first timestep (trailing/linspace/karras); None: T - 1
 
 
 def _model_fn(model: torch.nn.Module, bf16: bool) -> Callable:
@@ -76,7 +77,7 @@ def sample_batch(
     """
     schedule = schedule or NoiseSchedule.cosine(1000)
     sampler = get_sampler(config.sampler)
-    timesteps = schedule.timesteps(config.steps, spacing=config.spacing)
+    timesteps = schedule.timesteps(config.steps, spacing=config.spacing, t_max=config.t_max)
     noise = NoiseSource(config.seed, frame_indices)
     h, w = cond.shape[-2:]
     x = noise.initial((1, h, w), device=cond.device)  # [B, 1, H, W]
