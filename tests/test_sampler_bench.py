@@ -169,15 +169,17 @@ def test_bench_rows_report_counted_nfe():
     assert sum(model.batches) == total
 
 
-def test_reference_matches_closed_form_gaussian():
+@pytest.mark.parametrize("t_max", [979, None])  # the default start, and diffusers' t = 999
+def test_reference_matches_closed_form_gaussian(t_max):
     mu, sd = 0.3, 0.5
     model = MixtureEps(components=((1.0, mu, sd),))
     cond = _cond(2, 6)
-    config = SamplerBenchConfig(samplers=("dpmpp_3m",), nfes=(10,), reference_nfe=200)
+    config = SamplerBenchConfig(samplers=("dpmpp_3m",), nfes=(10,), reference_nfe=200, t_max=t_max)
     result = sampler_bench(model, cond, config, SCHED, progress=False)
     # Gaussian data: (x_t - a mu) / sqrt(a^2 sd^2 + s^2) is constant along the ODE
     x_T = NoiseSource(0, [0, 1]).initial((1, 6, 6)).double()  # the benchmark's x_T
-    a, s = ABAR[999].sqrt(), (1 - ABAR[999]).sqrt()
+    start = 999 if t_max is None else t_max
+    a, s = ABAR[start].sqrt(), (1 - ABAR[start]).sqrt()
     exact = mu + sd * (x_T - a * mu) / torch.sqrt(a * a * sd * sd + s * s)  # [2, 1, 6, 6]
     # measured: 4.8e-4 against the exact solution, estimate 8.5e-4 (the estimate bounds it)
     assert rel_rmse(result.reference_frames, exact) < result.reference.error_estimate < 1e-3
@@ -210,16 +212,18 @@ def test_verdict_excludes_stochastic():
     assert result.best is None and "no deterministic sampler" in result.verdict
 
 
-def test_ddpm_full_row():
+@pytest.mark.parametrize(("t_max", "full"), [(None, 1000), (979, 980)])
+def test_ddpm_full_row(t_max, full):
+    """The full ancestral row runs every timestep from the start (t_max) down."""
     model = MixtureEps()
     config = SamplerBenchConfig(
-        samplers=("ddpm", "ddim"), nfes=(4,), reference_nfe=8, ddpm_full=True
+        samplers=("ddpm", "ddim"), nfes=(4,), reference_nfe=8, ddpm_full=True, t_max=t_max
     )
     result = sampler_bench(model, _cond(1, 4), config, SCHED, progress=False)
     assert [(r.sampler, r.target_nfe, r.nfe, r.steps) for r in result.rows] == [
         ("ddpm", 4, 4, 4),
         ("ddim", 4, 4, 4),
-        ("ddpm", 1000, 1000, 1000),
+        ("ddpm", full, full, full),
     ]
     assert "NFE 1000" in markdown_table(result)
 
@@ -251,7 +255,7 @@ def test_config_and_parse_errors():
         SamplerBenchConfig(reference_sampler="ddpm")
     with pytest.raises(InputError, match="below the cost"):
         steps_for_nfe("ddim", 1, 2.0, 1000)
-    with pytest.raises(InputError, match="more than the schedule"):
+    with pytest.raises(InputError, match="more than the 1000 timesteps from t_max"):
         steps_for_nfe("ddim", 1001, 1.0, 1000)
     assert set(_BENCH_REFERENCE_SAMPLERS) == set(REFERENCE_SAMPLERS)
 
