@@ -30,11 +30,15 @@ def packaged_path(name: str) -> Path:
     return path
 
 
-def resolve_model_path(model: str | Path | None) -> Path:
-    """``model`` as a folder path, or the packaged base model when ``model`` is None."""
-    if model is None:
-        return packaged_path(DEFAULT_MODEL)
-    path = Path(model)
-    if not path.exists() and (ASSETS / str(model)).is_dir():
-        return packaged_path(str(model))
+def resolve_asset(name_or_path: str | Path) -> Path:
+    """A folder path as given, or the packaged asset of that name (``phantom-tte``,
+    ``phantom-tee``) when no such path exists."""
+    path = Path(name_or_path)
+    if not path.exists() and (ASSETS / str(name_or_path)).is_dir():
+        return packaged_path(str(name_or_path))
     return path
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """``model`` as a folder path or packaged name, or the packaged base model when None."""
+    return packaged_path(DEFAULT_MODEL) if model is None else resolve_asset(model)

@@ -211,7 +211,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _adapter_dir(adapter_dir: str | os.PathLike) -> Path:
-    folder = Path(adapter_dir)
+    from tte2tee_fast.packaged import resolve_asset
+
+    folder = resolve_asset(adapter_dir)  # a folder, or a packaged adapter's name
     if not folder.is_dir():
         raise InputError(f"adapter folder {folder} does not exist (or is not a folder)")
     for name in (CONFIG_NAME, WEIGHTS_NAME, META_NAME):
