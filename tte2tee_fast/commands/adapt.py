@@ -118,7 +118,7 @@ def adapt_cmd(
     Examples:
       tte2tee adapt --out runs/tee-lora                       (packaged base, phantom TEE)
       tte2tee adapt --base runs/tiny-tte/ema --targets mlp --rank 4 --out runs/tee-lora
-      tte2tee adapt --data my_tee_pngs --schema tee --remap tee->tte --out runs/tee-lora
+      tte2tee adapt --data my_tee_pngs --schema tee --remap 'tee->tte' --out runs/tee-lora
       tte2tee adapt --out runs/tee-lora --resume --steps 2000
       tte2tee adapt --base runs/tiny-tte/ema --ablate --steps 500 --out runs/ablation
     """

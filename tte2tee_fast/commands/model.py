@@ -184,7 +184,7 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
 @click.option(
     "--spacing",
     type=click.Choice(["trailing", "leading", "linspace", "karras"]),
-    default="leading",
+    default="trailing",
     show_default=True,
 )
 @click.option(
