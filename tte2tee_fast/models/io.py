@@ -132,7 +132,10 @@ def save_model(
         raise InputError(f"weights can be stored as float32, float16 or bfloat16, not {dtype}")
     stored = model
     if dtype not in (None, torch.float32):
-        stored = copy.deepcopy(model).to(dtype)
+        stored = copy.deepcopy(model)
+        for t in (*stored.parameters(), *stored.buffers()):  # not .to(): diffusers warns there
+            if t.is_floating_point():
+                t.data = t.data.to(dtype)
         for k, t in stored.state_dict().items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise InputError(f"tensor {k} overflows {dtype}: store this model as float32")
