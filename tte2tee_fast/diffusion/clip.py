@@ -10,7 +10,7 @@ the ε *consistent with the clamped estimate*, ``eps' = (x - alpha_t clamp(x0)) 
 ``ddpm`` this is exactly diffusers' ``DDPMScheduler(clip_sample=True)`` (its posterior mean in
 ``(x0, x_t)`` form equals ours in ε form; tested). ``DDIMScheduler(clip_sample=True)`` differs:
 it clamps x0 but keeps the raw ε for the direction term. Clipping changes the ODE, so the
-sampler benchmark (error against a reference solution) runs without it.
+sampler benchmark (error against a reference solution) runs without it unless asked.
 """
 
 from __future__ import annotations
@@ -42,15 +42,25 @@ class ClippedEps:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = self.eps_fn(x, t)  # [B, 1, H, W]
         shape = (-1,) + (1,) * (x.ndim - 1)
-        a = self.alpha.to(x.device)[t].view(shape)  # [B, 1, 1, 1] float64
-        s = self.sigma.to(x.device)[t].view(shape)
+        a = self.alpha[t].view(shape)  # [B, 1, 1, 1] float64
+        s = self.sigma[t].view(shape)
         xd, ed = x.double(), eps.double()
         x0 = ((xd - s * ed) / a).clamp(self.lo, self.hi)
         return ((xd - a * x0) / s).to(eps.dtype)
 
 
 def clip_denoised(
-    eps_fn: EpsFn, schedule: NoiseSchedule, lo: float = -1.0, hi: float = 1.0
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    lo: float = -1.0,
+    hi: float = 1.0,
+    device: torch.device | str = "cpu",
 ) -> ClippedEps:
-    """Wrap ``eps_fn`` so that every step's clean-image estimate lies in ``[lo, hi]``."""
-    return ClippedEps(eps_fn, schedule.alpha, schedule.sigma, float(lo), float(hi))
+    """Wrap ``eps_fn`` so that every step's clean-image estimate lies in ``[lo, hi]``.
+
+    ``device``: where the samples live. The coefficient tables go there once, here, so that no
+    step copies them host -> device (a synchronising copy on CUDA).
+    """
+    return ClippedEps(
+        eps_fn, schedule.alpha.to(device), schedule.sigma.to(device), float(lo), float(hi)
+    )

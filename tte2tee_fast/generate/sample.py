@@ -83,7 +83,7 @@ def sample_batch(
     x = noise.initial((1, h, w), device=cond.device)  # [B, 1, H, W]
     eps_fn = cfg_eps_fn(_model_fn(model, config.bf16), cond, config.guidance)
     if config.clip:
-        eps_fn = clip_denoised(eps_fn, schedule)
+        eps_fn = clip_denoised(eps_fn, schedule, device=cond.device)
     if eps_wrapper is not None:
         eps_fn = eps_wrapper(eps_fn)
     options = {"eta": config.eta} if config.sampler == "ddim" else {}

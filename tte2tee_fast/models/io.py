@@ -187,8 +187,7 @@ def export_weights(
     Also copies ``maskr2.json`` and ``training.json`` when the folder has them, and, for a
     training run's ``ema/``, writes ``training.json`` from the run's ``train_config.json`` and
     the last line of its ``train_log.jsonl`` (how the weights were made) and takes the run's
-    ``maskr2.json``. Returns the folder
-    and the size of its weights file in bytes.
+    ``maskr2.json``. Returns the folder and the size of its weights file in bytes.
     """
     src, dest = Path(model_dir), Path(out)
     model = load_model(src)
