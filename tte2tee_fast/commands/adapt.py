@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from tte2tee_fast.commands import explicit_options
 from tte2tee_fast.errors import InputError
 
 
@@ -128,12 +129,7 @@ def adapt_cmd(
     from tte2tee_fast.adapt.train import ablate as run_ablation
     from tte2tee_fast.models.train import resume_config
 
-    ctx = click.get_current_context()
-    given = {
-        k: v
-        for k, v in options.items()
-        if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
-    }
+    given = explicit_options(options)
     if ablate and "targets" in given:
         raise InputError("--ablate trains every target preset: leave out --targets")
     if resume:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from tte2tee_fast.commands import explicit_options
 from tte2tee_fast.errors import InputError
 
 
@@ -139,14 +140,8 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     """
     from tte2tee_fast.models.train import TrainConfig, resume_config, train
 
-    ctx = click.get_current_context()
     if resume:
-        given = {
-            k: v
-            for k, v in options.items()
-            if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
-        }
-        config = resume_config(out_dir, **given)
+        config = resume_config(out_dir, **explicit_options(options))
     else:
         config = TrainConfig(**options)
     result = train(config, out_dir, resume=resume, device=device)
