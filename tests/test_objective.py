@@ -85,7 +85,9 @@ def test_loss_matches_float64_recomputation(prediction, weighting):
         x0i, ni = x0[i : i + 1].double(), noise[i : i + 1].double()
         xt = a * x0i + s * ni
         with torch.no_grad():
-            out = net64(xt, t[i : i + 1], cond[i : i + 1].double())
+            eps = net64(xt, t[i : i + 1], cond[i : i + 1].double())  # the model returns eps
+        # v-space: the v the returned eps implies (eps = s x_t + a v) against the true v
+        out = eps if prediction == "eps" else (eps - s * xt) / a
         target = ni if prediction == "eps" else a * ni - s * x0i
         snr = abar[t[i]] / (1 - abar[t[i]])
         w = 1.0

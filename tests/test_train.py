@@ -204,3 +204,25 @@ def test_pool_with_augmented_copies():
     assert not torch.equal(aug.labels[3:6], aug.labels[6:9])  # each copy its own draw
     assert set(aug.labels.unique().tolist()) <= set(base.schema.values)
     assert float(aug.images.min()) >= -1.0 and float(aug.images.max()) <= 1.0
+
+
+def test_init_starts_a_v_run_from_an_eps_model(run20, tmp_path):
+    """--init copies the weights (the first step starts from them); v is saved in the config."""
+    out = tmp_path / "v"
+    cfg = TrainConfig(**{**FAST, "steps": 1, "prediction": "v", "init": str(run20.out_dir / "ema")})
+    result = train(cfg, out, progress=False)
+    src = load_model(run20.out_dir / "ema")
+    assert result.model.config.prediction_type == "v"
+    assert load_model(out / "ema").config.prediction_type == "v"
+    # one small step from the init: every tensor moved by less than the lr allows, not re-drawn
+    moved = max(
+        float((p - src.state_dict()[k]).abs().max()) for k, p in result.model.state_dict().items()
+    )
+    assert 0 < moved < 3 * FAST["lr"]
+
+
+def test_init_refuses_another_architecture(run20, tmp_path):
+    cfg = TrainConfig(**{**FAST, "preset": "tiny", "steps": 1, "init": str(run20.out_dir / "ema")})
+    with pytest.raises(InputError, match=r"--init .*channel_mult \(\[1, 2\] vs \[1, 2, 4, 8\]\)"):
+        train(cfg, tmp_path / "t", progress=False)
+    assert not (tmp_path / "t" / "ema").exists()

@@ -234,10 +234,46 @@ def test_semantic_unet_is_a_diffusers_model():
     assert isinstance(model, ModelMixin) and model.config.label_channels == 6
 
 
+def _cosine_alpha_sigma_np(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """alpha_t, sigma_t of diffusers' squaredcos_cap_v2 with 1000 steps, in float64 numpy."""
+
+    def f(u):
+        return np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2
+
+    i = np.arange(1000)
+    abar = np.cumprod(1 - np.minimum(1 - f((i + 1) / 1000) / f(i / 1000), 0.999))
+    return np.sqrt(abar[t]), np.sqrt(1 - abar[t])
+
+
+def test_v_model_returns_eps_from_its_v_output():
+    eps_model = _randomize(from_preset("micro"), seed=4)
+    v_model = from_preset("micro", prediction_type="v").eval()
+    v_model.load_state_dict(eps_model.state_dict())
+    x, cond = torch.randn(3, 1, 32, 32), _onehot(_blob_labels(3, 32, seed=2))
+    t = torch.tensor([0, 500, 999])
+    v = eps_model(x, t, cond).double().numpy()  # same weights: the output layer's v
+    a, s = _cosine_alpha_sigma_np(t.numpy())
+    ref = s[:, None, None, None] * x.double().numpy() + a[:, None, None, None] * v
+    got = v_model(x, t, cond)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
+    # at t = 999 (alpha 0.007) the returned eps is almost x_t: v barely moves it
+    assert np.abs(got[2].numpy() - x[2].numpy()).max() < 0.05 * np.abs(v[2]).max() + 1e-3
+    # the tables are not rounded by a half-precision cast of the model
+    v_model.half()
+    assert v_model._schedule_tables(torch.device("cpu"))[1].dtype == torch.float32
+
+
+def test_unknown_prediction_type_is_rejected():
+    with pytest.raises(ValueError, match="prediction_type 'x0'"):
+        from_preset("micro", prediction_type="x0")
+
+
 @pytest.mark.slow
-def test_micro_exports_to_onnx_with_dynamic_batch(tmp_path):
+@pytest.mark.parametrize("prediction_type", ["eps", "v"])
+def test_micro_exports_to_onnx_with_dynamic_batch(tmp_path, prediction_type):
     ort = pytest.importorskip("onnxruntime")
-    model = _randomize(from_preset("micro"), scale=0.05)
+    model = _randomize(from_preset("micro", prediction_type=prediction_type), scale=0.05)
     x, t, cond = torch.randn(2, 1, 32, 32), torch.tensor([3.0, 400.0]), torch.zeros(2, 5, 32, 32)
     path = str(tmp_path / "micro.onnx")
     with torch.enable_grad():

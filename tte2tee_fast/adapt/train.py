@@ -102,6 +102,8 @@ class AdaptConfig(TrainConfig):
         super().__post_init__()
         if self.size < 0:
             raise InputError(f"size must be >= 0 (0: the base's sample_size), got {self.size}")
+        if self.init is not None:
+            raise InputError("init is a training option; an adapter starts from its --base")
         if self.targets not in TARGET_PRESETS:
             raise InputError(
                 f"unknown LoRA target preset {self.targets!r}; choose one of {TARGET_PRESETS}"

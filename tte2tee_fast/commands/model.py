@@ -95,6 +95,19 @@ def info_cmd(preset: str | None, model_dir: str | None) -> None:
     help="Augmented copies (affine + elastic) of every case added to the pool.",
 )
 @click.option(
+    "--prediction",
+    type=click.Choice(["eps", "v"]),
+    default="eps",
+    show_default=True,
+    help="What the network's output layer predicts (the model returns eps either way); "
+    "v bounds the clean-image estimate at high noise.",
+)
+@click.option(
+    "--init",
+    default=None,
+    help="Start from this model folder or packaged name (fine-tuning; same architecture).",
+)
+@click.option(
     "--ema-decay",
     type=click.FloatRange(min=0, max=1, max_open=True),
     default=0.999,
@@ -136,6 +149,7 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     Examples:
       tte2tee train --data phantom-tte --preset tiny --steps 20000 --out runs/tiny-tte
       tte2tee train --out runs/tiny-tte --resume --steps 40000
+      tte2tee train --init phantom-tte --prediction v --steps 2000 --out runs/tte-v
       tte2tee train --data my_pngs --schema tte --preset micro --size 64 --steps 50 --out runs/t
     """
     from tte2tee_fast.models.train import TrainConfig, resume_config, train

@@ -3,18 +3,23 @@
 Plain functions, one signature each. Notation as in :mod:`tte2tee_fast.diffusion.schedule`:
 ``x_t = alpha_t x0 + sigma_t eps``, ``SNR(t) = alpha_t^2 / sigma_t^2``.
 
-Predictions (what the network outputs):
+Predictions (what the network's last layer predicts; the model always *returns* eps, see
+:class:`~tte2tee_fast.models.unet.SemanticUNet`'s ``prediction_type``):
 
-``eps`` (default, what the model and every sampler assume): target ``eps``.
-``v``   (Salimans & Ho 2022): target ``v = alpha_t eps - sigma_t x0``. A network trained this
-        way outputs ``v``; samplers need ``eps``, recovered exactly by
-        :func:`eps_from_prediction`: ``eps = sigma_t x_t + alpha_t v`` (and
+``eps`` (default): target ``eps``.
+``v``   (Salimans & Ho 2022): ``v = alpha_t eps - sigma_t x0``. The model returns
+        :func:`eps_from_prediction` of it: ``eps = sigma_t x_t + alpha_t v`` (and
         ``x0 = alpha_t x_t - sigma_t v``), which follows from ``alpha^2 + sigma^2 = 1``.
+        Since ``eps_hat - eps = alpha_t (v_hat - v)``, the v-space MSE is the eps-space MSE
+        divided by ``alpha_t^2``: :func:`diffusion_loss` measures every loss on the returned eps
+        and folds that factor into the weight.
 
 Weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"):
 the per-sample MSE is multiplied by ``min(SNR, gamma) / SNR`` for ``eps`` and by
 ``min(SNR, gamma) / (SNR + 1)`` for ``v``; both equal the x0-space weight ``min(SNR, gamma)``
-expressed in the prediction's own space. ``weighting="none"`` is the plain MSE.
+expressed in the prediction's own space (so with min-SNR the two predictions train the same
+objective and differ only in what the network's output layer has to represent).
+``weighting="none"`` is the plain MSE in the prediction's own space.
 """
 
 from __future__ import annotations
@@ -120,17 +125,19 @@ def diffusion_loss(
 ) -> torch.Tensor:
     """Weighted denoising loss (a scalar, float32) for one batch.
 
-    ``model_fn(x_t [B,1,H,W], t [B] long, cond [B,C,H,W]) -> [B,1,H,W]``; ``x0`` and ``noise``
-    ``[B,1,H,W]``; ``t [B]`` integer timesteps. The MSE is taken in float32 whatever dtype the
-    model computes in (bf16 autocast), averaged over pixels, weighted per sample, then averaged
-    over the batch.
+    ``model_fn(x_t [B,1,H,W], t [B] long, cond [B,C,H,W]) -> eps [B,1,H,W]`` (whatever its output
+    layer predicts, see the module docstring); ``x0`` and ``noise`` ``[B,1,H,W]``; ``t [B]``
+    integer timesteps. The MSE is taken in float32 whatever dtype the model computes in (bf16
+    autocast), averaged over pixels, measured in ``prediction``'s space, weighted per sample,
+    then averaged over the batch.
     """
     _check(prediction, weighting)
     x_t = schedule.q_sample(x0, t, noise)  # [B, 1, H, W]
-    out = model_fn(x_t, t, cond)  # [B, 1, H, W]
-    if out.shape != x0.shape:
-        raise InputError(f"model output shape {tuple(out.shape)} != image shape {tuple(x0.shape)}")
-    target = training_target(schedule, x0, t, noise, prediction)
-    mse = (out.float() - target.float()).square().flatten(1).mean(dim=1)  # [B]
-    w = loss_weights(schedule, t, prediction, weighting, gamma).to(mse.device, mse.dtype)
-    return (w * mse).mean()
+    eps = model_fn(x_t, t, cond)  # [B, 1, H, W]
+    if eps.shape != x0.shape:
+        raise InputError(f"model output shape {tuple(eps.shape)} != image shape {tuple(x0.shape)}")
+    mse = (eps.float() - noise.float()).square().flatten(1).mean(dim=1)  # [B] eps-space
+    w = loss_weights(schedule, t, prediction, weighting, gamma)  # [B] float64
+    if prediction == "v":
+        w = w / schedule.alphas_cumprod.to(t.device)[t]  # v-space MSE = eps-space MSE / alpha^2
+    return (w.to(mse.device, mse.dtype) * mse).mean()

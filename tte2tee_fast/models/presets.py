@@ -30,6 +30,7 @@ class UNetPreset:
     label_channels: int = 5
     dropout: float = 0.0
     resblock_updown: bool = True
+    prediction_type: str = "eps"  # what the last conv predicts: eps | v (forward returns eps)
 
 
 PRESETS: dict[str, UNetPreset] = {

@@ -77,7 +77,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # max EMA decay; warm-up (1 + n) / (10 + n), see models/ema.py
-    prediction: str = "eps"  # eps | v (samplers assume eps; see diffusion/objective.py)
+    prediction: str = "eps"  # eps | v: the model's output layer (its forward returns eps anyway)
+    init: str | None = None  # model folder or packaged name whose weights start the run
     weighting: str = "min_snr"  # min_snr | none
     snr_gamma: float = 5.0
     label_dropout: float = 0.1  # probability of the null label, for classifier-free guidance
@@ -156,6 +157,32 @@ def resume_config(
     return dataclasses.replace(config, **overrides)
 
 
+def load_init(model: torch.nn.Module, init: str) -> None:
+    """Copy the weights of model folder (or packaged name) ``init`` into ``model`` (fine-tuning).
+
+    The architecture must match (same preset, size and label channels); the output
+    parameterization may differ: an eps-model is a good start for a v-model, whose output
+    layer predicts ``v``, equal to eps at low noise (``alpha ~ 1``).
+    """
+    from tte2tee_fast.models import load_model
+    from tte2tee_fast.packaged import resolve_model_path
+
+    src = load_model(resolve_model_path(init))
+    ours = {k: v for k, v in model.config.items() if k != "prediction_type"}
+    theirs = {k: src.config.get(k) for k in ours}
+    diff = sorted(k for k in ours if _norm(ours[k]) != _norm(theirs[k]))
+    if diff:
+        raise InputError(
+            f"--init {init}: its architecture differs from this run's in "
+            + ", ".join(f"{k} ({_norm(theirs[k])} vs {_norm(ours[k])})" for k in diff)
+        )
+    model.load_state_dict(src.state_dict())
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -182,8 +209,13 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(step_seed(config.seed, 0, STREAM_INIT))
         model = from_preset(
-            config.preset, sample_size=config.size, label_channels=spec.num_channels
+            config.preset,
+            sample_size=config.size,
+            label_channels=spec.num_channels,
+            prediction_type=config.prediction,
         )
+    if config.init is not None and saved is None:
+        load_init(model, config.init)
     model.to(device).train()
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "train_config.json", config.to_json())

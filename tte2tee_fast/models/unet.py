@@ -12,7 +12,16 @@ Layout (guided-diffusion naming, with every stage a :class:`Stage` of ``res`` [+
 - ``output_blocks.i``         decoder: per level ``num_res_blocks + 1`` SPADE stages fed with the
                               matching encoder skip; the last stage of each level but the top one
                               carries an upsampling ResBlock ``up``
-- ``out``                     GroupNorm - SiLU - zero-init 3x3 conv -> eps
+- ``out``                     GroupNorm - SiLU - zero-init 3x3 conv -> eps (or v, see below)
+
+Output parameterization (``prediction_type``): the forward always returns eps, so every sampler,
+exporter and kernel sees one contract. With ``"eps"`` the last conv predicts eps itself. With
+``"v"`` it predicts ``v = alpha_t eps - sigma_t x0`` (Salimans & Ho 2022) on the cosine
+1000-step schedule of training, and the forward returns ``eps = sigma_t x_t + alpha_t v``
+(:func:`~tte2tee_fast.diffusion.objective.eps_from_prediction`). The clean-image estimate
+``(x_t - sigma eps) / alpha`` then equals ``alpha x_t - sigma v``: bounded at high noise, where an
+eps-network's estimate is its eps error / alpha (x 140 at t = 999), which is what spreads the
+global brightness of an eps-model's frames.
 
 ``attention_resolutions`` are feature-map sizes in pixels *at* ``sample_size`` (SDM's "32,16,8"
 at 256); they are converted to downsampling factors, so a model trained at 128 and run at 256
@@ -36,6 +45,8 @@ from tte2tee_fast.models.blocks import (
     timestep_embedding,
     zero_module,
 )
+
+PREDICTION_TYPES = ("eps", "v")  # what the last conv predicts; forward always returns eps
 
 
 class Stage(nn.Module):
@@ -86,10 +97,16 @@ class SemanticUNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         dropout: float = 0.0,
         resblock_updown: bool = True,
         num_groups: int = 32,
+        prediction_type: str = "eps",
     ) -> None:
         super().__init__()
         if not resblock_updown:
             raise ValueError("only resblock_updown=True (SDM) is implemented")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type {prediction_type!r}: choose one of {list(PREDICTION_TYPES)}"
+            )
+        self._v_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         mult = tuple(int(m) for m in channel_mult)
         attn_ds = {sample_size // int(r) for r in attention_resolutions}
         mc, emb_ch = model_channels, 4 * model_channels
@@ -177,7 +194,31 @@ class SemanticUNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         # decoder with skip concatenation
         for stage in self.output_blocks:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb, cond)
-        return self.out(h)  # [B, out_channels, H, W]
+        out = self.out(h)  # [B, out_channels, H, W]
+        if self.config.prediction_type == "eps":
+            return out
+        alpha, sigma = self._schedule_tables(x.device)  # [T] float32 each
+        idx = t.round().long().clamp(0, alpha.shape[0] - 1)  # [B]
+        a = alpha[idx].view(-1, 1, 1, 1)
+        s = sigma[idx].view(-1, 1, 1, 1)
+        # in float32 whatever the network computed in: eps - sigma x_t is alpha v, small
+        return (s * x.float() + a * out.float()).to(x.dtype)  # [B, out_channels, H, W] eps
+
+    def _schedule_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``alpha_t``, ``sigma_t`` of the training schedule on ``device`` (float32, cached).
+
+        Not buffers: a ``model.half()`` must not round them (eps = sigma x + alpha v needs sigma
+        to float32 precision), and the weight files stay those of an eps-model.
+        """
+        if device not in self._v_tables:
+            from tte2tee_fast.diffusion.schedule import NoiseSchedule
+
+            sched = NoiseSchedule.cosine(1000)
+            self._v_tables[device] = (
+                sched.alpha.to(device, torch.float32),
+                sched.sigma.to(device, torch.float32),
+            )
+        return self._v_tables[device]
 
 
 PARAM_KINDS = ("conv", "linear", "attention", "spade", "norm", "lora", "other")
