@@ -294,6 +294,6 @@ def describe_model(preset: str | None = None, model_dir: str | None = None) -> s
         f"model_channels {cfg.model_channels}, channel_mult {tuple(cfg.channel_mult)}, "
         f"num_res_blocks {cfg.num_res_blocks}, attention at {tuple(cfg.attention_resolutions)} px, "
         f"{cfg.num_head_channels} channels/head, spade_hidden {cfg.spade_hidden}, "
-        f"GroupNorm {cfg.num_groups}"
+        f"GroupNorm {cfg.num_groups}, output layer predicts {cfg.prediction_type}"
     )
     return parameter_table(model, f"{title}\n{summary}")
