@@ -203,3 +203,14 @@ def test_ablation_table(base_dir, tmp_path):
     md = (tmp_path / "abl" / "ablation.md").read_text()
     for row in rows:
         assert f"| {row['targets']} | {row['trainable_parameters']:,} |" in md
+
+
+def test_bind_base_takes_size_and_output_parameterization_from_the_base():
+    from tte2tee_fast.adapt.train import bind_base
+    from tte2tee_fast.models import from_preset
+
+    bound = bind_base(AdaptConfig(), from_preset("micro", prediction_type="v"))
+    assert (bound.size, bound.prediction) == (32, "v")
+    assert bind_base(AdaptConfig(), from_preset("micro")).prediction == "eps"
+    with pytest.raises(InputError, match="sample_size 32"):
+        bind_base(AdaptConfig(size=64), from_preset("micro"))

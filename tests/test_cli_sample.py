@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -43,3 +44,46 @@ def test_sample_bad_input(model_dir, tmp_path):
     assert res.exit_code == 2 and "1000" in res.output
     res = runner.invoke(main, ["sample", "--model", str(tmp_path / "none"), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "none" in res.output
+
+
+def test_sample_with_adapter_equals_sampling_the_merged_folder(tmp_path):
+    """--adapter merges in memory (conv targets too, which --unmerged refuses): the frames are
+    those of `tte2tee merge` + `sample --model MERGED`, and another base's adapter is refused."""
+    from test_adapter import make_adapter
+    from torch import nn
+
+    torch.manual_seed(0)
+    base = from_preset("micro", sample_size=64)
+    for m in base.modules():  # re-init the zero output convs so the adapter changes the frames
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.reset_parameters()
+    save_model(base.eval(), tmp_path / "base")
+    make_adapter(base, tmp_path / "a", "all", 1)
+    runner = CliRunner()
+    merge = ["merge", "--base", str(tmp_path / "base"), "--adapter", str(tmp_path / "a")]
+    assert runner.invoke(main, [*merge, "--out", str(tmp_path / "m")]).exit_code == 0
+    common = ["sample", "--masks", "phantom-tee", "--n", "2", "--steps", "2", "--no-bf16"]
+    res = runner.invoke(
+        main,
+        [*common, "--model", str(tmp_path / "base"), "--adapter", str(tmp_path / "a"),
+         "--out", str(tmp_path / "s1")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        main, [*common, "--model", str(tmp_path / "m"), "--out", str(tmp_path / "s2")]
+    )
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in (tmp_path / "s1" / "images").iterdir())
+    assert len(names) == 2
+    for name in names:
+        a = np.asarray(Image.open(tmp_path / "s1" / "images" / name))
+        b = np.asarray(Image.open(tmp_path / "s2" / "images" / name))
+        assert np.array_equal(a, b)
+    assert json.loads((tmp_path / "s1" / "report.json").read_text())["remap"] == "tee->tte"
+    # the packaged adapter belongs to the packaged base, not to this one
+    res = runner.invoke(
+        main,
+        [*common, "--model", str(tmp_path / "base"), "--adapter", "phantom-tee",
+         "--out", str(tmp_path / "s3")],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "hash" in res.output and not (tmp_path / "s3").exists()

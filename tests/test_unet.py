@@ -259,9 +259,9 @@ def test_v_model_returns_eps_from_its_v_output():
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
     # at t = 999 (alpha 0.007) the returned eps is almost x_t: v barely moves it
     assert np.abs(got[2].numpy() - x[2].numpy()).max() < 0.05 * np.abs(v[2]).max() + 1e-3
-    # the tables are not rounded by a half-precision cast of the model
-    v_model.half()
-    assert v_model._schedule_tables(torch.device("cpu"))[1].dtype == torch.float32
+    # the tables are not rounded by a half-precision cast of the model (fresh model: no cache)
+    fresh = from_preset("micro", prediction_type="v").half()
+    assert fresh._schedule_tables(torch.device("cpu"))[1].dtype == torch.float32
 
 
 def test_unknown_prediction_type_is_rejected():
@@ -287,7 +287,7 @@ def test_micro_exports_to_onnx_with_dynamic_batch(tmp_path, prediction_type):
             dynamo=True,
             opset_version=18,
         )
-    x3, t3 = torch.randn(3, 1, 32, 32), torch.tensor([1.0, 2.0, 999.0])
+    x3, t3 = torch.randn(3, 1, 32, 32), torch.tensor([1.0, 2.0, 999.0])  # float t, as exported
     cond3 = _onehot(_blob_labels(3, 32, seed=9))
     got = ort.InferenceSession(path).run(
         None, {"x": x3.numpy(), "t": t3.numpy(), "cond": cond3.numpy()}

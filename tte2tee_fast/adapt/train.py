@@ -169,13 +169,15 @@ def add_lora(base: nn.Module, config: AdaptConfig) -> Trainable:
 
 
 def bind_base(config: AdaptConfig, base: nn.Module) -> AdaptConfig:
-    """``config`` with ``size`` set to the base's sample_size (refuses another size)."""
+    """``config`` with ``size`` set to the base's sample_size (refuses another size) and
+    ``prediction`` to the base's output parameterization (the space the loss is measured in)."""
     sample_size = int(base.config.sample_size)
     if config.size not in (0, sample_size):
         raise InputError(
             f"size {config.size} differs from the base model's sample_size {sample_size}"
         )
-    return dataclasses.replace(config, size=sample_size)
+    prediction = str(base.config.get("prediction_type", "eps"))
+    return dataclasses.replace(config, size=sample_size, prediction=prediction)
 
 
 def _write_adapter(model: nn.Module, base_hash: str, spec: Any, preset: str, out: Path) -> None:

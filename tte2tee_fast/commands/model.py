@@ -238,6 +238,12 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     help="bf16 autocast for the network (weights stay fp32).",
 )
 @click.option(
+    "--adapter",
+    default=None,
+    help="Adapter folder or packaged name (e.g. phantom-tee), merged into --model in memory "
+    "(any LoRA targets); its MaskR² spec applies.",
+)
+@click.option(
     "--unmerged",
     is_flag=True,
     help="Serve the --adapters unmerged on the base (fused LoRA), several in one batch.",
@@ -259,10 +265,13 @@ def sample_cmd(
     view: str | None,
     unmerged: bool,
     adapters: str | None,
+    adapter: str | None,
     **options,
 ) -> None:
     """Sample frames for conditioning masks and write PNGs, a grid and a report.
 
+    With --adapter A the adapter is merged into the model in memory (as tte2tee merge would,
+    any LoRA targets) and its MaskR² spec conditions the frames.
     With --unmerged --adapters A1,A2,... the adapters (trained on the --model base, all
     taking the same mask schema) are fused into the base unmerged and share every batch:
     frame i is drawn by adapter i % K, conditioned through that adapter's own MaskR² spec.
@@ -271,6 +280,7 @@ def sample_cmd(
     Examples:
       tte2tee sample --n 8 --sampler ddpm --steps 1000 --out runs/sample-ddpm
       tte2tee sample --sampler dpmpp_2m --steps 10 --out runs/sample-fast
+      tte2tee sample --adapter phantom-tee --masks phantom-tee --out runs/sample-tee
       tte2tee sample --model runs/merged-tee --masks phantom-tee --out runs/sample-tee
       tte2tee sample --model runs/base --unmerged --adapters runs/tee-a,runs/tee-b \\
         --masks phantom-tee --out runs/sample-mixed
@@ -292,6 +302,7 @@ def sample_cmd(
         mask_seed=mask_seed,
         view=view,
         adapters=folders,
+        adapter=adapter,
     )
     click.echo(
         f"wrote {n} frames, grid.png and report.json to {out_dir} "

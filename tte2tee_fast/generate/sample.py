@@ -146,11 +146,13 @@ def run_sample(
     mask_seed: int = 0,
     view: str | None = None,
     adapters: Sequence[str] | None = None,
+    adapter: str | None = None,
 ) -> dict:
     """``tte2tee sample``: sample ``n`` frames for the masks of ``masks`` and write them to ``out``.
 
-    The MaskR² spec is ``remap`` when given, else the model folder's own (``maskr2.json`` of a
-    merged adapter, identity ``tte`` otherwise); its source schema must be the masks' schema.
+    The MaskR² spec is ``remap`` when given, else ``adapter``'s (merged into the model in memory,
+    any LoRA targets, as ``tte2tee merge`` would), else the model folder's own (``maskr2.json``
+    of a merged adapter, identity ``tte`` otherwise); its source schema must be the masks'.
     ``adapters`` (folders): serve them unmerged on the model, frame ``i`` with adapter
     ``i % K`` through its own spec (:mod:`tte2tee_fast.generate.multi_adapter`).
     """
@@ -166,7 +168,15 @@ def run_sample(
     path = resolve_model_path(model_dir)
     model = load_model(path)
     mixed = None
-    if adapters:
+    if adapters and adapter:
+        raise InputError("give --adapter (merged) or --unmerged --adapters, not both")
+    if adapter:
+        from tte2tee_fast.adapt.adapter import read_adapter
+        from tte2tee_fast.adapt.merge import merge_adapter
+
+        merge_adapter(model, adapter)  # checks the base hash; in memory, nothing written
+        spec = load_spec(remap) if remap else read_adapter(adapter).meta.maskr2
+    elif adapters:
         from tte2tee_fast.generate.multi_adapter import fuse_mixed_adapters
 
         if remap:
@@ -201,6 +211,8 @@ def run_sample(
         "seconds": round(seconds, 3),
         "seconds_per_frame": round(seconds / n, 4),
     }
+    if adapter:
+        meta["adapter"] = str(adapter)
     if mixed is not None:
         meta["adapters"] = [str(p) for p in mixed.paths]
         meta["adapter_of_frame"] = f"i % {mixed.num_adapters}"

@@ -198,7 +198,7 @@ class SemanticUNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if self.config.prediction_type == "eps":
             return out
         alpha, sigma = self._schedule_tables(x.device)  # [T] float32 each
-        idx = t.round().long().clamp(0, alpha.shape[0] - 1)  # [B]
+        idx = (t.round() if t.is_floating_point() else t).long().clamp(0, alpha.shape[0] - 1)  # [B]
         a = alpha[idx].view(-1, 1, 1, 1)
         s = sigma[idx].view(-1, 1, 1, 1)
         # in float32 whatever the network computed in: eps - sigma x_t is alpha v, small
