@@ -171,11 +171,11 @@ def run_sample(
     if adapters and adapter:
         raise InputError("give --adapter (merged) or --unmerged --adapters, not both")
     if adapter:
-        from tte2tee_fast.adapt.adapter import read_adapter
+        from tte2tee_fast.adapt.adapter import load_adapter_meta
         from tte2tee_fast.adapt.merge import merge_adapter
 
         merge_adapter(model, adapter)  # checks the base hash; in memory, nothing written
-        spec = load_spec(remap) if remap else read_adapter(adapter).meta.maskr2
+        spec = load_spec(remap) if remap else load_adapter_meta(adapter).maskr2  # tte2tee.json
     elif adapters:
         from tte2tee_fast.generate.multi_adapter import fuse_mixed_adapters
 
