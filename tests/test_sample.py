@@ -33,12 +33,19 @@ def test_frames_do_not_depend_on_batch_size(model):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("clip", "t_max"), [(False, None), (True, None), (False, 700)])
-def test_matches_direct_sampler_call(model, clip, t_max):
+@pytest.mark.parametrize(
+    ("clip", "t_max", "spacing", "rho"),
+    [
+        (False, None, "leading", 7.0),
+        (True, None, "leading", 7.0),
+        (False, 700, "trailing", 7.0),
+        (False, None, "karras", 3.0),  # rho reaches the timesteps (rho 3 != rho 7 below)
+    ],
+)
+def test_matches_direct_sampler_call(model, clip, t_max, spacing, rho):
     labels = _labels(3, seed=1)
     spec = MaskR2Spec.identity(TTE)
-    spacing = "leading" if t_max is None else "trailing"
-    cfg = SampleConfig("ddim", 5, spacing, seed=7, batch_size=3, clip=clip, t_max=t_max)
+    cfg = SampleConfig("ddim", 5, spacing, seed=7, batch_size=3, clip=clip, t_max=t_max, rho=rho)
     got = sample_labels(model, labels, spec, cfg, progress=False)
     # independent path: one-hot by F.one_hot, same counter-based noise, plain sampler call
     cond = torch.nn.functional.one_hot(labels, 5).permute(0, 3, 1, 2).float()
@@ -55,8 +62,10 @@ def test_matches_direct_sampler_call(model, clip, t_max):
     noise = NoiseSource(7, [0, 1, 2])
     x = noise.initial((1, 32, 32))
     with torch.no_grad():
-        ts = sched.timesteps(5, spacing, t_max=t_max)
-        assert int(ts[0]) == (700 if t_max else 800)
+        ts = sched.timesteps(5, spacing, rho=rho, t_max=t_max)
+        assert int(ts[0]) == {"leading": 800, "trailing": 700, "karras": 999}[spacing]
+        if spacing == "karras":
+            assert not torch.equal(ts, sched.timesteps(5, spacing))
         ref = get_sampler("ddim")(eps_fn, x, sched, ts, noise=noise)
         unclipped = sample_labels(
             model, labels, spec, SampleConfig("ddim", 5, seed=7, clip=False), progress=False

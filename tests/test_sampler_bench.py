@@ -253,6 +253,8 @@ def test_config_and_parse_errors():
         SamplerBenchConfig(spacing="leading")
     with pytest.raises(InputError, match="reference sampler"):
         SamplerBenchConfig(reference_sampler="ddpm")
+    with pytest.raises(InputError, match="rho must be > 0"):
+        SamplerBenchConfig(spacing="karras", rho=0.0)
     with pytest.raises(InputError, match="below the cost"):
         steps_for_nfe("ddim", 1, 2.0, 1000)
     with pytest.raises(InputError, match="more than the 1000 timesteps from t_max"):
@@ -267,6 +269,7 @@ def test_config_and_parse_errors():
         (["--nfe", "0,5"], "NFE must be >= 1"),
         (["--nfe", "5,ten"], "'ten' is not an integer"),
         (["--nfe", "5,600"], "must exceed the largest"),
+        (["--rho", "0"], "--rho"),
     ],
 )
 def test_cli_bad_input(tmp_path, args, message):

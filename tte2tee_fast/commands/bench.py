@@ -53,6 +53,13 @@ _BENCH_REFERENCE_SAMPLERS = ("dpmpp_3m", "heun", "dpmpp_2m", "unipc", "ddim", "e
     show_default=True,
 )
 @click.option(
+    "--rho",
+    type=click.FloatRange(min=0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="karras spacing only: sigmas evenly spaced in sigma^(1/rho) (large rho: log-SNR uniform).",
+)
+@click.option(
     "--guidance",
     type=click.FloatRange(min=0),
     default=1.0,

@@ -197,6 +197,13 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     show_default=True,
 )
 @click.option(
+    "--rho",
+    type=click.FloatRange(min=0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="karras spacing only: sigmas evenly spaced in sigma^(1/rho) (large rho: log-SNR uniform).",
+)
+@click.option(
     "--guidance",
     type=click.FloatRange(min=0.0),
     default=1.0,

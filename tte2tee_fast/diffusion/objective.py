@@ -8,7 +8,7 @@ Predictions (what the network's last layer predicts; the model always *returns* 
 
 ``eps`` (default): target ``eps``.
 ``v``   (Salimans & Ho 2022): ``v = alpha_t eps - sigma_t x0``. The model returns
-        :func:`eps_from_prediction` of it: ``eps = sigma_t x_t + alpha_t v`` (and
+        ``eps = sigma_t x_t + alpha_t v`` computed from it (and
         ``x0 = alpha_t x_t - sigma_t v``), which follows from ``alpha^2 + sigma^2 = 1``.
         Since ``eps_hat - eps = alpha_t (v_hat - v)``, the v-space MSE is the eps-space MSE
         divided by ``alpha_t^2``: :func:`diffusion_loss` measures every loss on the returned eps
@@ -44,12 +44,6 @@ def _check(prediction: str, weighting: str) -> None:
         raise InputError(f"unknown loss weighting {weighting!r}; choose one of {list(WEIGHTINGS)}")
 
 
-def _per_sample(coef: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``coef[t]`` as ``[B, 1, 1, 1]`` in ``like``'s dtype and device."""
-    c = coef.to(like.device)[t.to(like.device)].to(like.dtype)
-    return c.view(-1, *([1] * (like.ndim - 1)))
-
-
 def snr(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
     """Signal-to-noise ratio ``abar / (1 - abar)`` at integer timesteps ``t [B]``; float64 ``[B]``."""
     abar = schedule.alphas_cumprod.to(t.device)[t]
@@ -70,34 +64,6 @@ def loss_weights(
         return torch.ones_like(s)
     clipped = s.clamp(max=gamma)
     return clipped / s if prediction == "eps" else clipped / (s + 1.0)
-
-
-def training_target(
-    schedule: NoiseSchedule,
-    x0: torch.Tensor,
-    t: torch.Tensor,
-    noise: torch.Tensor,
-    prediction: str = "eps",
-) -> torch.Tensor:
-    """What the network should output for ``x_t = q_sample(x0, t, noise)``; shape of ``x0``."""
-    _check(prediction, "none")
-    if prediction == "eps":
-        return noise
-    return _per_sample(schedule.alpha, t, x0) * noise - _per_sample(schedule.sigma, t, x0) * x0
-
-
-def eps_from_prediction(
-    schedule: NoiseSchedule,
-    out: torch.Tensor,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    prediction: str = "eps",
-) -> torch.Tensor:
-    """The ε a sampler needs from a network output ``out`` (``eps = sigma x_t + alpha v`` for v)."""
-    _check(prediction, "none")
-    if prediction == "eps":
-        return out
-    return _per_sample(schedule.sigma, t, x_t) * x_t + _per_sample(schedule.alpha, t, x_t) * out
 
 
 def drop_labels(cond: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:

@@ -94,6 +94,7 @@ class SamplerBenchConfig:
     grid_frames: int = 2  # frames per cell of the image grid
     clip: bool = False  # solve the ODE with the clamped data prediction (module docstring)
     t_max: int | None = 979  # first timestep of every run (None: T - 1); see module docstring
+    rho: float = 7.0  # karras spacing of the benchmarked runs (the reference is trailing)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samplers", tuple(self.samplers))
@@ -113,6 +114,8 @@ class SamplerBenchConfig:
                 f"of {list(SPACINGS)} (they start every step count at t_max, so all runs "
                 "solve the same ODE from the same x_T)"
             )
+        if not self.rho > 0.0:
+            raise InputError(f"karras rho must be > 0, got {self.rho}")
         if not self.guidance >= 0.0:
             raise InputError(f"guidance scale must be >= 0, got {self.guidance}")
         if self.reference_nfe <= self.nfes[-1]:
@@ -265,6 +268,7 @@ def run_sampler(
         seed=config.seed,
         clip=config.clip,  # the same ODE in every run, the reference included
         t_max=config.t_max,
+        rho=config.rho,
         batch_size=config.batch_size,
         bf16=config.bf16,
     )
@@ -447,6 +451,7 @@ def markdown_table(result: SamplerBenchResult) -> str:
         label = f"{name} (stochastic)" if name in STOCHASTIC else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     m = result.machine
+    spacing = f"karras (rho {cfg.rho:g})" if cfg.spacing == "karras" else cfg.spacing
     notes = [
         "",
         "Cells: rel-RMSE against the reference (||x - x_ref||_2 / ||x_ref||_2 over the batch) / "
@@ -454,7 +459,7 @@ def markdown_table(result: SamplerBenchResult) -> str:
         "(Heun: 2 steps - 1).",
         f"Reference: {ref.sampler} ({ref.spacing}) at {ref.nfe} NFE; its own error estimate "
         f"(vs. {ref.half_nfe} NFE) {100 * ref.error_estimate:.3g} %.",
-        f"{result.num_frames} frames, spacing {cfg.spacing}, guidance {cfg.guidance:g}, "
+        f"{result.num_frames} frames, spacing {spacing}, guidance {cfg.guidance:g}, "
         f"{'bf16 autocast (reference too)' if cfg.bf16 else 'fp32'}, "
         f"{'clamped data prediction (reference too)' if cfg.clip else 'plain ODE'}, "
         f"seed {cfg.seed}; "

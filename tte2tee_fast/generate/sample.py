@@ -44,6 +44,7 @@ class SampleConfig:
     # diffusion sample this way). Off for ODE-error measurements: it changes the ODE.
     clip: bool = True
     t_max: int | None = None  # first timestep (trailing/linspace/karras); None: T - 1
+    rho: float = 7.0  # karras spacing only: sigma_i^(1/rho) evenly spaced (Karras et al. eq. 5)
 
 
 def _model_fn(model: torch.nn.Module, bf16: bool) -> Callable:
@@ -77,7 +78,9 @@ def sample_batch(
     """
     schedule = schedule or NoiseSchedule.cosine(1000)
     sampler = get_sampler(config.sampler)
-    timesteps = schedule.timesteps(config.steps, spacing=config.spacing, t_max=config.t_max)
+    timesteps = schedule.timesteps(
+        config.steps, spacing=config.spacing, rho=config.rho, t_max=config.t_max
+    )
     noise = NoiseSource(config.seed, frame_indices)
     h, w = cond.shape[-2:]
     x = noise.initial((1, h, w), device=cond.device)  # [B, 1, H, W]

@@ -18,7 +18,7 @@ Output parameterization (``prediction_type``): the forward always returns eps, s
 exporter and kernel sees one contract. With ``"eps"`` the last conv predicts eps itself. With
 ``"v"`` it predicts ``v = alpha_t eps - sigma_t x0`` (Salimans & Ho 2022) on the cosine
 1000-step schedule of training, and the forward returns ``eps = sigma_t x_t + alpha_t v``
-(:func:`~tte2tee_fast.diffusion.objective.eps_from_prediction`). The clean-image estimate
+(this identity follows from ``alpha^2 + sigma^2 = 1``). The clean-image estimate
 ``(x_t - sigma eps) / alpha`` then equals ``alpha x_t - sigma v``: bounded at high noise, where an
 eps-network's estimate is its eps error / alpha (x 140 at t = 999), which is what spreads the
 global brightness of an eps-model's frames.
