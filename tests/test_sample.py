@@ -34,18 +34,21 @@ def test_frames_do_not_depend_on_batch_size(model):
 
 
 @pytest.mark.parametrize(
-    ("clip", "t_max", "spacing", "rho"),
+    ("clip", "t_max", "spacing", "rho", "t_min"),
     [
-        (False, None, "leading", 7.0),
-        (True, None, "leading", 7.0),
-        (False, 700, "trailing", 7.0),
-        (False, None, "karras", 3.0),  # rho reaches the timesteps (rho 3 != rho 7 below)
+        (False, None, "leading", 7.0, None),
+        (True, None, "leading", 7.0, None),
+        (False, 700, "trailing", 7.0, None),
+        (False, None, "karras", 3.0, None),  # rho reaches the timesteps (rho 3 != rho 7 below)
+        (False, None, "karras", 7.0, 20),  # so does t_min
     ],
 )
-def test_matches_direct_sampler_call(model, clip, t_max, spacing, rho):
+def test_matches_direct_sampler_call(model, clip, t_max, spacing, rho, t_min):
     labels = _labels(3, seed=1)
     spec = MaskR2Spec.identity(TTE)
-    cfg = SampleConfig("ddim", 5, spacing, seed=7, batch_size=3, clip=clip, t_max=t_max, rho=rho)
+    cfg = SampleConfig(
+        "ddim", 5, spacing, seed=7, batch_size=3, clip=clip, t_max=t_max, rho=rho, t_min=t_min
+    )
     got = sample_labels(model, labels, spec, cfg, progress=False)
     # independent path: one-hot by F.one_hot, same counter-based noise, plain sampler call
     cond = torch.nn.functional.one_hot(labels, 5).permute(0, 3, 1, 2).float()
@@ -62,7 +65,7 @@ def test_matches_direct_sampler_call(model, clip, t_max, spacing, rho):
     noise = NoiseSource(7, [0, 1, 2])
     x = noise.initial((1, 32, 32))
     with torch.no_grad():
-        ts = sched.timesteps(5, spacing, rho=rho, t_max=t_max)
+        ts = sched.timesteps(5, spacing, rho=rho, t_max=t_max, t_min=t_min)
         assert int(ts[0]) == {"leading": 800, "trailing": 700, "karras": 999}[spacing]
         if spacing == "karras":
             assert not torch.equal(ts, sched.timesteps(5, spacing))

@@ -255,6 +255,8 @@ def test_config_and_parse_errors():
         SamplerBenchConfig(reference_sampler="ddpm")
     with pytest.raises(InputError, match="rho must be > 0"):
         SamplerBenchConfig(spacing="karras", rho=0.0)
+    with pytest.raises(InputError, match="karras spacing only"):
+        SamplerBenchConfig(t_min=10)
     with pytest.raises(InputError, match="below the cost"):
         steps_for_nfe("ddim", 1, 2.0, 1000)
     with pytest.raises(InputError, match="more than the 1000 timesteps from t_max"):
@@ -270,6 +272,7 @@ def test_config_and_parse_errors():
         (["--nfe", "5,ten"], "'ten' is not an integer"),
         (["--nfe", "5,600"], "must exceed the largest"),
         (["--rho", "0"], "--rho"),
+        (["--t-min", "10"], "t_min applies to karras spacing only"),
     ],
 )
 def test_cli_bad_input(tmp_path, args, message):
@@ -304,3 +307,20 @@ def test_cli_runs_on_micro_model(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES.values())
     data = json.loads((out / FILES["json"]).read_text())
     assert [(r["sampler"], r["nfe"]) for r in data["rows"]] == [("ddim", 2), ("heun", 1)]
+
+
+def test_cli_karras_t_min_reaches_the_runs_not_the_reference(tmp_path):
+    save_model(_micro(64), tmp_path / "model")
+    args = ["bench", "samplers", "--model", str(tmp_path / "model"), "--n", "1"]
+    args += ["--samplers", "ddim", "--nfe", "3", "--reference-nfe", "6", "--spacing", "karras"]
+    rmse = {}
+    for t_min in ("0", "40"):
+        out = tmp_path / f"bench{t_min}"
+        result = CliRunner().invoke(main, [*args, "--t-min", t_min, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert f"karras (rho 7, down to t = {t_min})" in result.output
+        data = json.loads((out / FILES["json"]).read_text())
+        assert data["config"]["t_min"] == int(t_min)
+        rmse[t_min] = (data["reference"]["error_estimate"], data["rows"][0]["rel_rmse"])
+    assert rmse["0"][0] == rmse["40"][0]  # the same trailing reference
+    assert rmse["0"][1] != rmse["40"][1]  # another grid for the benchmarked run

@@ -115,6 +115,36 @@ def test_karras_t_max_is_karras_on_the_cut_schedule(n):
     assert torch.equal(ours.timesteps(n, "karras", t_max=799), cut.timesteps.long())
 
 
+@pytest.mark.parametrize("n", [4, 10, 20])
+@pytest.mark.parametrize("t_min", [3, 10, 50])
+def test_karras_t_min_is_diffusers_sigma_min(n, t_min):
+    """t_min: diffusers' karras sigmas with sigma_min = the k-sigma of t_min (Euler's config),
+    mapped back to timesteps (rounded; on a linear-beta schedule, free of collisions)."""
+    d = EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear")
+    k_sigmas = ((1 - d.alphas_cumprod) / d.alphas_cumprod).sqrt()
+    d = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        use_karras_sigmas=True,
+        sigma_min=float(k_sigmas[t_min]),
+        sigma_max=float(k_sigmas[-1]),
+    )
+    d.set_timesteps(n)
+    ours = NoiseSchedule.from_alphas_cumprod(d.alphas_cumprod.double())
+    got = ours.timesteps(n, "karras", t_min=t_min)
+    assert int(got[-1]) == t_min
+    assert torch.equal(got, d.timesteps.round().long())
+
+
+def test_t_min_bad_values():
+    with pytest.raises(InputError, match="karras spacing only"):
+        SCHED.timesteps(10, "trailing", t_min=5)
+    with pytest.raises(InputError, match="t_min must be between 0 and 898"):
+        SCHED.timesteps(10, "karras", t_max=899, t_min=899)
+    with pytest.raises(InputError, match="at most t_max - t_min \\+ 1 = 6"):
+        SCHED.timesteps(7, "karras", t_max=15, t_min=10)
+
+
 def test_t_max_bad_values():
     with pytest.raises(InputError, match="leading"):
         SCHED.timesteps(10, "leading", t_max=900)

@@ -53,6 +53,13 @@ _BENCH_REFERENCE_SAMPLERS = ("dpmpp_3m", "heun", "dpmpp_2m", "unipc", "ddim", "e
     show_default=True,
 )
 @click.option(
+    "--t-min",
+    type=click.IntRange(min=0, max=998),
+    default=None,
+    help="karras spacing only: end the grid at this training timestep instead of 0 (the last "
+    "step then jumps to the clean estimate).",
+)
+@click.option(
     "--rho",
     type=click.FloatRange(min=0, min_open=True),
     default=7.0,

@@ -95,6 +95,7 @@ class SamplerBenchConfig:
     clip: bool = False  # solve the ODE with the clamped data prediction (module docstring)
     t_max: int | None = 979  # first timestep of every run (None: T - 1); see module docstring
     rho: float = 7.0  # karras spacing of the benchmarked runs (the reference is trailing)
+    t_min: int | None = None  # karras only: last grid timestep of the benchmarked runs; None: 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samplers", tuple(self.samplers))
@@ -116,6 +117,8 @@ class SamplerBenchConfig:
             )
         if not self.rho > 0.0:
             raise InputError(f"karras rho must be > 0, got {self.rho}")
+        if self.t_min is not None and self.spacing != "karras":
+            raise InputError(f"t_min applies to karras spacing only, not {self.spacing!r}")
         if not self.guidance >= 0.0:
             raise InputError(f"guidance scale must be >= 0, got {self.guidance}")
         if self.reference_nfe <= self.nfes[-1]:
@@ -260,15 +263,17 @@ def run_sampler(
     Returns the frames, the NFE counted per batch and the wall time in seconds (frames stay on
     the device until the clock stops). ``cond`` ``[N, C, H, W]`` on the model's device.
     """
+    spacing = spacing or config.spacing
     sconf = SampleConfig(
         sampler=name,
         steps=steps,
-        spacing=spacing or config.spacing,
+        spacing=spacing,
         guidance=config.guidance,
         seed=config.seed,
         clip=config.clip,  # the same ODE in every run, the reference included
         t_max=config.t_max,
         rho=config.rho,
+        t_min=config.t_min if spacing == "karras" else None,  # the trailing reference ends at 0
         batch_size=config.batch_size,
         bf16=config.bf16,
     )
@@ -451,7 +456,9 @@ def markdown_table(result: SamplerBenchResult) -> str:
         label = f"{name} (stochastic)" if name in STOCHASTIC else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     m = result.machine
-    spacing = f"karras (rho {cfg.rho:g})" if cfg.spacing == "karras" else cfg.spacing
+    spacing = cfg.spacing
+    if cfg.spacing == "karras":
+        spacing = f"karras (rho {cfg.rho:g}, down to t = {cfg.t_min or 0})"
     notes = [
         "",
         "Cells: rel-RMSE against the reference (||x - x_ref||_2 / ||x_ref||_2 over the batch) / "

@@ -45,6 +45,7 @@ class SampleConfig:
     clip: bool = True
     t_max: int | None = None  # first timestep (trailing/linspace/karras); None: T - 1
     rho: float = 7.0  # karras spacing only: sigma_i^(1/rho) evenly spaced (Karras et al. eq. 5)
+    t_min: int | None = None  # karras spacing only: last timestep of the grid; None: 0
 
 
 def _model_fn(model: torch.nn.Module, bf16: bool) -> Callable:
@@ -79,7 +80,7 @@ def sample_batch(
     schedule = schedule or NoiseSchedule.cosine(1000)
     sampler = get_sampler(config.sampler)
     timesteps = schedule.timesteps(
-        config.steps, spacing=config.spacing, rho=config.rho, t_max=config.t_max
+        config.steps, config.spacing, rho=config.rho, t_max=config.t_max, t_min=config.t_min
     )
     noise = NoiseSource(config.seed, frame_indices)
     h, w = cond.shape[-2:]
