@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from tte2tee_fast.commands import karras_options
+
 
 @click.group("bench")
 def bench_group() -> None:
@@ -52,20 +54,7 @@ _BENCH_REFERENCE_SAMPLERS = ("dpmpp_3m", "heun", "dpmpp_2m", "unipc", "ddim", "e
     default="trailing",
     show_default=True,
 )
-@click.option(
-    "--t-min",
-    type=click.IntRange(min=0, max=998),
-    default=None,
-    help="karras spacing only: end the grid at this training timestep instead of 0 (the last "
-    "step then jumps to the clean estimate).",
-)
-@click.option(
-    "--rho",
-    type=click.FloatRange(min=0, min_open=True),
-    default=7.0,
-    show_default=True,
-    help="karras spacing only: sigmas evenly spaced in sigma^(1/rho) (large rho: log-SNR uniform).",
-)
+@karras_options
 @click.option(
     "--guidance",
     type=click.FloatRange(min=0),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tte2tee_fast.commands import explicit_options
+from tte2tee_fast.commands import explicit_options, karras_options
 from tte2tee_fast.errors import InputError
 
 
@@ -196,20 +196,7 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     default="trailing",
     show_default=True,
 )
-@click.option(
-    "--t-min",
-    type=click.IntRange(min=0, max=998),
-    default=None,
-    help="karras spacing only: end the grid at this training timestep instead of 0 (the last "
-    "step then jumps to the clean estimate).",
-)
-@click.option(
-    "--rho",
-    type=click.FloatRange(min=0, min_open=True),
-    default=7.0,
-    show_default=True,
-    help="karras spacing only: sigmas evenly spaced in sigma^(1/rho) (large rho: log-SNR uniform).",
-)
+@karras_options
 @click.option(
     "--guidance",
     type=click.FloatRange(min=0.0),
