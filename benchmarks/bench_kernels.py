@@ -1,5 +1,5 @@
 """Fused LoRA linear and fused SPADE kernels against torch, with floors: a thin caller of
-``tte2tee_fast.evaluate.kernel_bench`` (the library behind ``tte2tee bench kernels``, which
+``tte2tee_fast.bench.kernels`` (the library behind ``tte2tee bench kernels``, which
 describes the variants, shapes, timing and floors). Without CUDA only the torch paths run and
 the Triton / floor columns read "no GPU".
 
@@ -16,7 +16,7 @@ import torch
 from tte2tee_fast.kernels.lora_linear import lora_linear_reference
 from tte2tee_fast.kernels.spade import spade_norm_act_reference
 
-from tte2tee_fast.evaluate.kernel_bench import (
+from tte2tee_fast.bench.kernels import (
     config_for,
     format_table,
     lora_problem,

@@ -1,5 +1,5 @@
 """MaskR² remap + one-hot: torch reference, and the Triton kernel on a GPU: a thin caller of
-``tte2tee_fast.evaluate.kernel_bench`` (the library behind ``tte2tee bench kernels``). Without
+``tte2tee_fast.bench.kernels`` (the library behind ``tte2tee bench kernels``). Without
 CUDA only the reference is timed (on the CPU) and the Triton columns read "no GPU".
 
     python benchmarks/bench_kernels_maskr2.py                  # table on stdout
@@ -15,13 +15,13 @@ import pytest
 import torch
 from tte2tee_fast.kernels.maskr2 import maskr2_one_hot_reference
 
-from tte2tee_fast.adapt.maskr2 import builtin_spec
-from tte2tee_fast.evaluate.kernel_bench import (
+from tte2tee_fast.bench.kernels import (
     config_for,
     format_table,
     run_kernel_bench,
     write_json,
 )
+from tte2tee_fast.condition.maskr2 import builtin_spec
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])

@@ -3,7 +3,7 @@
 Layout as in the Triton tutorials: the ``@triton.jit`` kernel (built lazily, triton is imported
 only on first use), autotune configs, a launcher that checks shapes / dtypes / contiguity and
 allocates, and the pure-torch reference -- which is
-:func:`tte2tee_fast.adapt.maskr2.one_hot_from_lut`, the implementation every other caller uses.
+:func:`tte2tee_fast.condition.maskr2.one_hot_from_lut`, the implementation every other caller uses.
 
 Contract (kernel and reference alike)::
 
@@ -19,7 +19,8 @@ out-of-range label is replaced by index 0 and masked before the table gather. ``
 set by a masked ``atomic_max`` that only unmapped pixels execute, so a valid map costs no
 atomics; reading it is the only sync, and only if you do.
 
-Dispatch: Triton for CUDA tensors (when triton imports), the reference elsewhere;
+Dispatch (``kernels/ops.py``, ``maskr2_one_hot``): Triton for CUDA tensors (when triton
+imports), the reference elsewhere;
 ``force_triton=True`` (or ``TTE2TEE_TRITON=1``) runs the kernel on CPU tensors under
 ``TRITON_INTERPRET=1`` (see ``tte2tee_fast.kernels._triton``).
 """
@@ -30,10 +31,10 @@ from typing import Any
 
 import torch
 
-from tte2tee_fast.adapt.maskr2 import one_hot_from_lut
+from tte2tee_fast.condition.maskr2 import one_hot_from_lut
 from tte2tee_fast.errors import InputError
 
-from ._triton import launch_meta, lazy_kernel, maybe_autotune, use_triton
+from ._triton import launch_meta, lazy_kernel, maybe_autotune
 
 LAYOUTS = ("nchw", "nhwc")
 LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)
@@ -184,26 +185,3 @@ def maskr2_one_hot_triton(
         **launch_meta(DEFAULT_META),
     )  # fmt: skip
     return out, unmapped
-
-
-def maskr2_one_hot(
-    labels: torch.Tensor,
-    lut: torch.Tensor,
-    num_channels: int,
-    dtype: torch.dtype = torch.float32,
-    layout: str = "nchw",
-    force_triton: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MaskR² one-hot: the Triton kernel on CUDA, the torch reference elsewhere.
-
-    Returns ``(out, unmapped)`` as described in the module docstring. ``force_triton``: True
-    runs the kernel (CUDA, or CPU under TRITON_INTERPRET=1), False the reference, None decides
-    by device (and ``TTE2TEE_TRITON``).
-    """
-    if use_triton(labels, lut, force=force_triton):
-        if labels.dtype not in LABEL_DTYPES:  # int8 / int16: widen, the kernel reads 3 dtypes
-            labels = labels.to(torch.int32)
-        return maskr2_one_hot_triton(
-            labels.contiguous(), lut.contiguous(), num_channels, dtype, layout
-        )
-    return maskr2_one_hot_reference(labels, lut, num_channels, dtype, layout)

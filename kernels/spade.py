@@ -24,9 +24,9 @@ So x is read twice, gamma / beta once, y written once. One program per group lim
 parallelism to B * num_groups programs (fine at batch >= 8 with 32 groups; a split-group
 variant with atomics would be the next step for batch 1).
 
-Dispatch: :func:`spade_norm_act` runs the kernel on CUDA (custom op
-``torch.ops.tte2tee.spade_norm_act``, ``kernels/ops.py``), the reference elsewhere and when
-autograd needs gradients.
+Dispatch (``kernels/ops.py``): ``spade_norm_act`` runs the kernel on CUDA (custom op
+``torch.ops.tte2tee.spade_norm_act``), the reference elsewhere and when autograd needs
+gradients.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from tte2tee_fast.errors import InputError
 
 from ._triton import launch_meta, lazy_kernel, maybe_autotune, require_complete_interpreter
-from ._triton import use_triton as _use_triton
 
 ACTS = ("none", "silu")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -230,29 +229,3 @@ def spade_norm_act_triton(
         **launch_meta(DEFAULT_META),
     )  # fmt: skip
     return out
-
-
-def spade_norm_act(
-    x: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    num_groups: int,
-    eps: float = 1e-5,
-    act: str = "none",
-    emb_scale: torch.Tensor | None = None,
-    emb_shift: torch.Tensor | None = None,
-    force_triton: bool | None = None,
-) -> torch.Tensor:
-    """SPADE group norm + modulation [+ emb scale-shift] [+ SiLU]: the Triton kernel on CUDA,
-    the reference elsewhere and when autograd needs gradients; ``force_triton`` as in
-    ``kernels/_triton.py``."""
-    tensors = [t for t in (x, gamma, beta, emb_scale, emb_shift) if t is not None]
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if grad or not _use_triton(*tensors, force=force_triton):
-        return spade_norm_act_reference(x, gamma, beta, num_groups, eps, act, emb_scale, emb_shift)
-    x, gamma, beta = x.contiguous(), gamma.contiguous(), beta.contiguous()
-    if x.is_cuda:
-        from . import ops
-
-        return ops.spade_norm_act_op(x, gamma, beta, emb_scale, emb_shift, num_groups, eps, act)
-    return spade_norm_act_triton(x, gamma, beta, num_groups, eps, act, emb_scale, emb_shift)

@@ -24,8 +24,8 @@ from tte2tee_fast.adapt.adapter import (
     load_adapter_meta,
     save_adapter,
 )
-from tte2tee_fast.adapt.maskr2 import builtin_spec
 from tte2tee_fast.adapt.targets import count_lora_parameters, lora_config
+from tte2tee_fast.condition.maskr2 import builtin_spec
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import from_preset, model_hash
 

@@ -7,16 +7,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tte2tee_fast.cli import main
-from tte2tee_fast.errors import InputError
-from tte2tee_fast.evaluate.denoiser_bench import (
+from tte2tee_fast.bench.denoiser import (
     DenoiserBenchConfig,
     bench_denoiser,
     format_table,
     load_bench_model,
     parse_batches,
 )
-from tte2tee_fast.evaluate.kernel_bench import write_json
+from tte2tee_fast.bench.kernels import write_json
+from tte2tee_fast.cli import main
+from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import from_preset, model_hash, save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

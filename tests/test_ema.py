@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tte2tee_fast.errors import InputError
-from tte2tee_fast.models.ema import EMA, ema_decay
+from tte2tee_fast.training.ema import EMA, ema_decay
 
 
 def _net(seed: int = 0) -> nn.Module:

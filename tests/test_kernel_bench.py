@@ -8,9 +8,7 @@ import torch
 from click.testing import CliRunner
 from tte2tee_fast.kernels._triton import interpret_mode, interpreter_complete
 
-from tte2tee_fast.cli import main
-from tte2tee_fast.errors import InputError
-from tte2tee_fast.evaluate.kernel_bench import (
+from tte2tee_fast.bench.kernels import (
     KERNELS,
     NO_GPU,
     KernelBenchConfig,
@@ -25,6 +23,8 @@ from tte2tee_fast.evaluate.kernel_bench import (
     spade_shapes,
     write_json,
 )
+from tte2tee_fast.cli import main
+from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import PRESETS, from_preset
 from tte2tee_fast.models.blocks import SPADEGroupNorm
 

@@ -14,17 +14,12 @@ import torch
 import torch.nn.functional as F
 from helpers import randomise_zero_params
 from torch import nn
-from tte2tee_fast.kernels.lora_linear import (
-    FusedLoRALinear,
-    adapter_rows,
-    fuse_adapter_folders,
-    fuse_adapters,
-    lora_linear,
-    lora_linear_reference,
-    lora_linear_triton,
-)
+from tte2tee_fast.kernels.fused_lora import FusedLoRALinear, adapter_rows, fuse_adapters
+from tte2tee_fast.kernels.lora_linear import lora_linear_reference, lora_linear_triton
+from tte2tee_fast.kernels.ops import lora_linear
 
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.generate.multi_adapter import fuse_adapter_folders
 from tte2tee_fast.models import SemanticUNet
 
 needs_triton = pytest.mark.skipif(
@@ -279,8 +274,8 @@ def test_fuse_adapter_folders_matches_peft(tmp_path) -> None:
     """Adapters trained through peft and written by ``save_adapter`` (the ``tte2tee adapt``
     format), fused at their own alpha / r, against peft's own unmerged forward."""
     from tte2tee_fast.adapt.adapter import save_adapter
-    from tte2tee_fast.adapt.maskr2 import builtin_spec
     from tte2tee_fast.adapt.targets import lora_config
+    from tte2tee_fast.condition.maskr2 import builtin_spec
     from tte2tee_fast.models import model_hash
 
     torch.manual_seed(3)

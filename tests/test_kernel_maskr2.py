@@ -20,13 +20,10 @@ import numpy as np
 import pytest
 import torch
 from tte2tee_fast.kernels._triton import use_triton
-from tte2tee_fast.kernels.maskr2 import (
-    maskr2_one_hot,
-    maskr2_one_hot_reference,
-    maskr2_one_hot_triton,
-)
+from tte2tee_fast.kernels.maskr2 import maskr2_one_hot_reference, maskr2_one_hot_triton
+from tte2tee_fast.kernels.ops import maskr2_one_hot
 
-from tte2tee_fast.adapt.maskr2 import builtin_spec
+from tte2tee_fast.condition.maskr2 import builtin_spec
 from tte2tee_fast.errors import InputError
 
 pytestmark = pytest.mark.skipif(
@@ -170,8 +167,9 @@ def test_interpreter_after_plain_triton_import() -> None:
         """
         import os, torch, triton
         os.environ["TRITON_INTERPRET"] = "1"
-        from tte2tee_fast.adapt.maskr2 import builtin_spec
-        from tte2tee_fast.kernels.maskr2 import maskr2_one_hot, maskr2_one_hot_reference
+        from tte2tee_fast.condition.maskr2 import builtin_spec
+        from tte2tee_fast.kernels.maskr2 import maskr2_one_hot_reference
+        from tte2tee_fast.kernels.ops import maskr2_one_hot
         lut = builtin_spec("tee->tte").lookup_table()
         x = torch.randint(-2, 9, (2, 9, 11))
         got, flag = maskr2_one_hot(x, lut, 5, force_triton=True)

@@ -12,11 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tte2tee_fast.kernels._triton import interpreter_complete
-from tte2tee_fast.kernels.spade import (
-    spade_norm_act,
-    spade_norm_act_reference,
-    spade_norm_act_triton,
-)
+from tte2tee_fast.kernels.ops import spade_norm_act
+from tte2tee_fast.kernels.spade import spade_norm_act_reference, spade_norm_act_triton
 
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.models.blocks import SPADEGroupNorm

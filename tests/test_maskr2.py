@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tte2tee_fast.adapt.maskr2 import (
+from tte2tee_fast.condition.maskr2 import (
     BUILTIN_SPECS,
     MaskR2Remap,
     MaskR2Spec,

@@ -12,7 +12,6 @@ from peft import PeftModel
 from test_adapter import inputs, make_adapter, micro_base, rewrite_weights
 
 from tte2tee_fast.adapt.adapter import attach_adapter
-from tte2tee_fast.adapt.maskr2 import MaskR2Spec, builtin_spec
 from tte2tee_fast.adapt.merge import (
     MASKR2_NAME,
     load_model_spec,
@@ -22,6 +21,7 @@ from tte2tee_fast.adapt.merge import (
 )
 from tte2tee_fast.adapt.targets import TARGET_PRESETS
 from tte2tee_fast.cli import main
+from tte2tee_fast.condition.maskr2 import MaskR2Spec, builtin_spec
 from tte2tee_fast.data.schemas import TTE
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import load_model, model_hash, save_model

@@ -9,12 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from test_adapter import lora_model, micro_base
-from tte2tee_fast.kernels.lora_linear import FusedLoRALinear
+from tte2tee_fast.kernels.fused_lora import FusedLoRALinear
 
 from tte2tee_fast.adapt.adapter import save_adapter
-from tte2tee_fast.adapt.maskr2 import MaskR2Spec, builtin_spec, remap_one_hot
 from tte2tee_fast.adapt.merge import merge_adapter
 from tte2tee_fast.cli import main
+from tte2tee_fast.condition.maskr2 import MaskR2Spec, builtin_spec, remap_one_hot
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.generate.multi_adapter import (
     MixedAdapters,

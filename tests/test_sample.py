@@ -2,7 +2,7 @@ import pytest
 import torch
 from helpers import random_micro
 
-from tte2tee_fast.adapt.maskr2 import MaskR2Spec, builtin_spec
+from tte2tee_fast.condition.maskr2 import MaskR2Spec, builtin_spec
 from tte2tee_fast.data.schemas import TEE, TTE
 from tte2tee_fast.diffusion import NoiseSchedule, NoiseSource, get_sampler
 from tte2tee_fast.errors import InputError

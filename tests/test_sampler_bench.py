@@ -18,11 +18,7 @@ from click.testing import CliRunner
 from helpers import random_micro
 from PIL import Image
 
-from tte2tee_fast.cli import main
-from tte2tee_fast.commands.bench import _BENCH_REFERENCE_SAMPLERS
-from tte2tee_fast.diffusion import SAMPLERS, NoiseSchedule, NoiseSource
-from tte2tee_fast.errors import InputError
-from tte2tee_fast.evaluate.sampler_bench import (
+from tte2tee_fast.bench.samplers import (
     FILES,
     REFERENCE_SAMPLERS,
     SamplerBenchConfig,
@@ -35,6 +31,10 @@ from tte2tee_fast.evaluate.sampler_bench import (
     steps_for_nfe,
     write_outputs,
 )
+from tte2tee_fast.cli import main
+from tte2tee_fast.commands.bench import _BENCH_REFERENCE_SAMPLERS
+from tte2tee_fast.diffusion import SAMPLERS, NoiseSchedule, NoiseSource
+from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import save_model
 
 SCHED = NoiseSchedule.cosine(1000)

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from tte2tee_fast.cli import main
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import load_model
-from tte2tee_fast.models.checkpoint import optimizer_from_flat, optimizer_to_flat
-from tte2tee_fast.models.loop import batch_indices, build_pool, lr_at
-from tte2tee_fast.models.train import TrainConfig, train
+from tte2tee_fast.training.checkpoint import optimizer_from_flat, optimizer_to_flat
+from tte2tee_fast.training.loop import batch_indices, build_pool, lr_at
+from tte2tee_fast.training.train import TrainConfig, train
 
 # 64 px is the phantom's smallest size; batch 2 keeps a step well under a second on 2 cores
 FAST = dict(

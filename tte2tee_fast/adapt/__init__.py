@@ -1,2 +1,2 @@
 """Adaptation of the TTE base model to a new modality: LoRA adapters, MaskR² label remap
-(:mod:`tte2tee_fast.adapt.maskr2`), merge. Import the submodules directly."""
+(:mod:`tte2tee_fast.condition.maskr2`), merge. Import the submodules directly."""

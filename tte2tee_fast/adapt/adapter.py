@@ -33,8 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from tte2tee_fast.adapt.maskr2 import MaskR2Spec
 from tte2tee_fast.adapt.targets import TARGET_PRESETS, lora_shapes, resolve_targets
+from tte2tee_fast.condition.maskr2 import MaskR2Spec
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.fsutil import staged_folder
 from tte2tee_fast.models.io import model_hash

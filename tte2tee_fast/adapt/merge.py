@@ -32,7 +32,7 @@ from tte2tee_fast.adapt.adapter import (
     check_targets,
     read_adapter,
 )
-from tte2tee_fast.adapt.maskr2 import MaskR2Spec, load_spec
+from tte2tee_fast.condition.maskr2 import MaskR2Spec, load_spec
 from tte2tee_fast.data.schemas import TTE
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.fsutil import staged_folder

@@ -1,6 +1,6 @@
 """Adaptation training: a LoRA adapter on a frozen base model (arXiv 2508.13077).
 
-The loop is the one of :mod:`tte2tee_fast.models.loop` (:func:`~tte2tee_fast.models.loop.fit`):
+The loop is the one of :mod:`tte2tee_fast.training.loop` (:func:`~tte2tee_fast.training.loop.fit`):
 same in-memory data pool, same ``(seed, step)`` seeding, log, checkpoints and exact resume. Only
 what is trained differs: the base model is loaded and frozen, its hash is recorded *before* LoRA
 is added (``models.model_hash``), peft LoRA layers are added on the chosen target preset
@@ -49,8 +49,9 @@ from tte2tee_fast.adapt.adapter import CONFIG_NAME, META_NAME, WEIGHTS_NAME, sav
 from tte2tee_fast.adapt.targets import TARGET_PRESETS, count_lora_parameters, lora_config
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.fsutil import write_json_atomic, write_text_atomic
-from tte2tee_fast.models.checkpoint import read_checkpoint_state
-from tte2tee_fast.models.loop import (
+from tte2tee_fast.training.checkpoint import read_checkpoint_state
+from tte2tee_fast.training.config import RESUMABLE_FIELDS, TrainConfig
+from tte2tee_fast.training.loop import (
     STREAM_INIT,
     Trainable,
     check_resumable,
@@ -59,7 +60,6 @@ from tte2tee_fast.models.loop import (
     open_run,
     step_seed,
 )
-from tte2tee_fast.models.train import RESUMABLE_FIELDS, TrainConfig
 
 CONFIG_FILE = "adapt_config.json"
 LOG_FILE = "train_log.jsonl"

@@ -38,3 +38,64 @@ def karras_options(command: Callable) -> Callable:
         help="karras spacing only: end the grid at this training timestep instead of 0 (the "
         "last step then jumps to the clean estimate).",
     )(command)
+
+
+def model_option(
+    help: str = "Model folder [default: the packaged phantom-tte weights].",
+) -> Callable:
+    """``--model`` (as ``model_dir``): a model folder, ``None`` for the packaged weights."""
+    return click.option(
+        "--model", "model_dir", default=None, type=click.Path(path_type=str), help=help
+    )
+
+
+def device_option(command: Callable) -> Callable:
+    """``--device``: a torch device name."""
+    return click.option(
+        "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."
+    )(command)
+
+
+def training_options(checkpoint_every: int) -> Callable[[Callable], Callable]:
+    """The options of the training loop that ``tte2tee train`` and ``tte2tee adapt`` share
+    (same meaning, same defaults but ``--checkpoint-every``): ``--schema``, ``--bf16``,
+    ``--checkpoint-every``, ``--log-every``, ``--seed``, ``--device``, ``--resume``."""
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(
+            (
+                click.option(
+                    "--schema",
+                    type=click.Choice(["tte", "tee", "camus"]),
+                    default=None,
+                    help="Label schema of a --data folder without card.json.",
+                ),
+                click.option(
+                    "--bf16/--no-bf16",
+                    default=True,
+                    show_default=True,
+                    help="bf16 autocast for the network.",
+                ),
+                click.option(
+                    "--checkpoint-every",
+                    type=click.IntRange(min=1),
+                    default=checkpoint_every,
+                    show_default=True,
+                ),
+                click.option(
+                    "--log-every", type=click.IntRange(min=1), default=10, show_default=True
+                ),
+                click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+                device_option,
+                click.option(
+                    "--resume",
+                    is_flag=True,
+                    help="Continue the checkpoint in --out (its saved options apply; pass "
+                    "--steps to extend).",
+                ),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tte2tee_fast.commands import explicit_options
+from tte2tee_fast.commands import explicit_options, training_options
 from tte2tee_fast.errors import InputError
 
 
@@ -22,12 +22,6 @@ from tte2tee_fast.errors import InputError
     default="phantom-tee",
     show_default=True,
     help="phantom-tee (generated on the fly) or a folder of image/mask pairs.",
-)
-@click.option(
-    "--schema",
-    type=click.Choice(["tte", "tee", "camus"]),
-    default=None,
-    help="Label schema of a --data folder without card.json.",
 )
 @click.option(
     "--remap",
@@ -75,24 +69,12 @@ from tte2tee_fast.errors import InputError
     help="Probability of the null label (classifier-free guidance).",
 )
 @click.option(
-    "--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast for the network."
-)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=250, show_default=True)
-@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option(
     "--out",
     "out_dir",
     required=True,
     type=click.Path(file_okay=False),
     help="Adapter folder (also holds checkpoint/ and train_log.jsonl); with --ablate, the "
     "folder of the table and one adapter per preset.",
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue the checkpoint in --out (its saved options apply; pass --steps to extend).",
 )
 @click.option(
     "--ablate",
@@ -106,6 +88,7 @@ from tte2tee_fast.errors import InputError
     show_default=True,
     help="--ablate: final loss = mean of the last K logged losses.",
 )
+@training_options(checkpoint_every=250)
 def adapt_cmd(
     out_dir: str, resume: bool, device: str, ablate: bool, last_k: int, **options
 ) -> None:
@@ -127,7 +110,7 @@ def adapt_cmd(
 
     from tte2tee_fast.adapt.train import AdaptConfig, adapt
     from tte2tee_fast.adapt.train import ablate as run_ablation
-    from tte2tee_fast.models.train import resume_config
+    from tte2tee_fast.training.train import resume_config
 
     given = explicit_options(options)
     if ablate and "targets" in given:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tte2tee_fast.commands import karras_options
+from tte2tee_fast.commands import karras_options, model_option
 
 
 @click.group("bench")
@@ -25,13 +25,7 @@ _BENCH_REFERENCE_SAMPLERS = ("dpmpp_3m", "heun", "dpmpp_2m", "unipc", "ddim", "e
 
 
 @bench_group.command("samplers")
-@click.option(
-    "--model",
-    "model_dir",
-    default=None,
-    type=click.Path(path_type=str),
-    help="Model folder [default: the packaged phantom-tte weights].",
-)
+@model_option()
 @click.option(
     "--masks",
     default="phantom-tte",
@@ -149,7 +143,7 @@ def bench_samplers_cmd(
       tte2tee bench samplers --model runs/tiny-tte/ema --n 8 --nfe 5,10,20 --out runs/bs
       tte2tee bench samplers --samplers heun,dpmpp_2m,unipc --guidance 2 --out runs/bs-cfg
     """
-    from tte2tee_fast.evaluate.sampler_bench import (
+    from tte2tee_fast.bench.samplers import (
         SamplerBenchConfig,
         bench_samplers,
         parse_nfes,
@@ -210,7 +204,7 @@ def bench_kernels_cmd(
       tte2tee bench kernels --shapes paper --json runs/bench-kernels.json
       tte2tee bench kernels --kernels maskr2_one_hot --repeats 20
     """
-    from tte2tee_fast.evaluate.kernel_bench import (
+    from tte2tee_fast.bench.kernels import (
         config_for,
         format_table,
         parse_kernels,
@@ -228,13 +222,7 @@ def bench_kernels_cmd(
 
 
 @bench_group.command("denoiser")
-@click.option(
-    "--model",
-    "model_dir",
-    default=None,
-    type=click.Path(path_type=str),
-    help="Model folder [default: the packaged weights, else --preset tiny, random weights].",
-)
+@model_option("Model folder [default: the packaged weights, else --preset tiny, random weights].")
 @click.option(
     "--preset",
     type=click.Choice(["micro", "tiny", "sdm256"]),
@@ -284,14 +272,14 @@ def bench_denoiser_cmd(
       tte2tee bench denoiser --model runs/tiny-tte/ema --batch 1,8 --json runs/denoiser.json
       tte2tee bench denoiser --preset sdm256 --batch 1 --compile --device cuda
     """
-    from tte2tee_fast.evaluate.denoiser_bench import (
+    from tte2tee_fast.bench.denoiser import (
         DenoiserBenchConfig,
         bench_denoiser,
         format_table,
         load_bench_model,
         parse_batches,
     )
-    from tte2tee_fast.evaluate.kernel_bench import write_json
+    from tte2tee_fast.bench.kernels import write_json
 
     config = DenoiserBenchConfig(parse_batches(batches), bf16, use_compile, repeats)
     model, name = load_bench_model(model_dir, preset)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from tte2tee_fast.commands import explicit_options, karras_options
+from tte2tee_fast.commands import (
+    explicit_options,
+    karras_options,
+    model_option,
+    training_options,
+)
 from tte2tee_fast.errors import InputError
 
 
@@ -40,7 +45,7 @@ def info_cmd(preset: str | None, model_dir: str | None) -> None:
     click.echo(describe_model(preset, model_dir))
 
 
-# Defaults below mirror tte2tee_fast.models.train.TrainConfig (kept literal so --help needs no
+# Defaults below mirror tte2tee_fast.training.train.TrainConfig (kept literal so --help needs no
 # torch import; tests/test_train.py checks that they agree).
 @click.command("train")
 @click.option(
@@ -76,12 +81,6 @@ def info_cmd(preset: str | None, model_dir: str | None) -> None:
     help="Phantom cases generated into the in-memory pool.",
 )
 @click.option(
-    "--schema",
-    type=click.Choice(["tte", "tee", "camus"]),
-    default=None,
-    help="Label schema of a --data folder without card.json.",
-)
-@click.option(
     "--remap",
     default=None,
     help="MaskR² spec (JSON file or built-in name, e.g. tee->tte) from the data labels to the "
@@ -114,19 +113,12 @@ def info_cmd(preset: str | None, model_dir: str | None) -> None:
     show_default=True,
 )
 @click.option(
-    "--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast for the network."
-)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option(
     "--num-workers",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Processes that build the data pool.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option(
     "--out",
     "out_dir",
@@ -134,11 +126,7 @@ def info_cmd(preset: str | None, model_dir: str | None) -> None:
     type=click.Path(file_okay=False),
     help="Run folder: checkpoint/, model/, ema/, train_log.jsonl.",
 )
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue the checkpoint in --out (its saved options apply; pass --steps to extend).",
-)
+@training_options(checkpoint_every=500)
 def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     """Train a mask-conditioned diffusion model; resumable bit for bit.
 
@@ -152,7 +140,7 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
       tte2tee train --init phantom-tte --prediction v --steps 2000 --out runs/tte-v
       tte2tee train --data my_pngs --schema tte --preset micro --size 64 --steps 50 --out runs/t
     """
-    from tte2tee_fast.models.train import TrainConfig, resume_config, train
+    from tte2tee_fast.training.train import TrainConfig, resume_config, train
 
     if resume:
         config = resume_config(out_dir, **explicit_options(options))
@@ -166,13 +154,7 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
 
 
 @click.command("sample")
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Model folder (default: the packaged phantom-trained weights).",
-)
+@model_option()
 @click.option(
     "--masks",
     default="phantom-tte",
@@ -286,6 +268,10 @@ def sample_cmd(
       tte2tee sample --model runs/base --unmerged --adapters runs/tee-a,runs/tee-b \\
         --masks phantom-tee --out runs/sample-mixed
     """
+    from pathlib import Path
+
+    from tte2tee_fast.evaluate.intensity import sample_report
+    from tte2tee_fast.fsutil import write_json_atomic
     from tte2tee_fast.generate.multi_adapter import parse_adapter_list
     from tte2tee_fast.generate.sample import SampleConfig, run_sample
 
@@ -293,7 +279,7 @@ def sample_cmd(
         raise InputError("--unmerged and --adapters go together (--unmerged --adapters A1,A2)")
     folders = parse_adapter_list(adapters) if adapters is not None else None
 
-    report = run_sample(
+    run = run_sample(
         out_dir,
         model_dir,
         masks,
@@ -305,6 +291,9 @@ def sample_cmd(
         adapters=folders,
         adapter=adapter,
     )
+    report = {**run.meta, "schema": run.schema.name, "n": len(run.generated)}
+    report.update(sample_report(run.generated, run.masks, run.reference, run.schema))
+    write_json_atomic(Path(out_dir) / "report.json", report)
     click.echo(
         f"wrote {n} frames, grid.png and report.json to {out_dir} "
         f"({report['seconds_per_frame']:.3f} s/frame; outside-cone std "

@@ -52,3 +52,16 @@ def compare_regions(
         }
         for name in schema.names
     }
+
+
+def sample_report(
+    generated: np.ndarray, masks: np.ndarray, reference: np.ndarray | None, schema: LabelSchema
+) -> dict:
+    """Region means of generated vs reference frames and the spread outside the cone."""
+    report: dict = {"outside_std": outside_std(generated, masks)}
+    if reference is not None:
+        report["regions"] = compare_regions(generated, reference, masks, schema)
+        report["max_rel_diff"] = max(
+            v["rel_diff"] for k, v in report["regions"].items() if k != "outside"
+        )
+    return report

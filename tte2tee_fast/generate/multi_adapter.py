@@ -1,13 +1,13 @@
 """Mixed-adapter sampling: several LoRA adapters served unmerged, side by side in one batch.
 
 Every adapter is fused into the base's ``nn.Linear`` layers at once
-(:func:`~tte2tee_fast.kernels.lora_linear.fuse_adapter_folders`: one
-:class:`~tte2tee_fast.kernels.lora_linear.FusedLoRALinear` per target serves all K adapters,
+(:func:`fuse_adapter_folders`: one
+:class:`~tte2tee_fast.kernels.fused_lora.FusedLoRALinear` per target serves all K adapters,
 the fused Triton kernel on CUDA, the pure-torch reference elsewhere). Then, in a run:
 
 - frame ``i`` is drawn with adapter ``i % K`` (round-robin in the order the adapters are
   given; ``i`` is the frame's index in the run, so the assignment never depends on the batch
-  size), through :func:`~tte2tee_fast.kernels.lora_linear.adapter_rows`;
+  size), through :func:`~tte2tee_fast.kernels.fused_lora.adapter_rows`;
 - frame ``i`` is conditioned through *its adapter's own* MaskR² spec (``tte2tee.json`` of the
   adapter folder): each row of a batch is remapped with the spec of the row's adapter.
 
@@ -41,8 +41,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tte2tee_fast.adapt.maskr2 import MaskR2Spec, remap_one_hot
+from tte2tee_fast.adapt.adapter import check_base, load_adapter_meta, read_adapter
+from tte2tee_fast.condition.maskr2 import MaskR2Spec, remap_one_hot
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.kernels.fused_lora import adapter_rows, fuse_adapters
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,6 @@ class MixedAdapters:
     @contextlib.contextmanager
     def rows(self, model: nn.Module, frames: torch.Tensor) -> Iterator[torch.Tensor]:
         """Run ``model`` inside the block with frame ``frames[j]``'s adapter on batch row ``j``."""
-        from tte2tee_fast.kernels.lora_linear import adapter_rows
-
         with adapter_rows(model, self.adapter_of(frames)) as idx:
             yield idx
 
@@ -104,8 +104,6 @@ def adapter_specs(
 ) -> tuple[MaskR2Spec, ...]:
     """The MaskR² spec of every adapter folder, checked to share one mask schema and to produce
     ``label_channels`` channels (``tte2tee.json`` only: the weights are read when fused)."""
-    from tte2tee_fast.adapt.adapter import load_adapter_meta
-
     specs = tuple(load_adapter_meta(d).maskr2 for d in adapter_dirs)
     sources = {s.source.name for s in specs}
     if len(sources) > 1:
@@ -126,6 +124,16 @@ def adapter_specs(
     return specs
 
 
+def fuse_adapter_folders(model: nn.Module, adapter_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """:func:`fuse_adapters` from adapter folders (``tte2tee adapt`` output): each is read and
+    checked against ``model`` (base hash, targets, shapes) first, and used at its own scale
+    (alpha / r). Adapter i of the folders is index i in ``adapter_rows``."""
+    adapters = [read_adapter(d) for d in adapter_dirs]
+    for adapter in adapters:
+        check_base(model, adapter)
+    return fuse_adapters(model, [a.weights for a in adapters], [a.scaling for a in adapters])
+
+
 def fuse_mixed_adapters(
     model: nn.Module, adapter_dirs: Sequence[str | os.PathLike]
 ) -> MixedAdapters:
@@ -134,8 +142,6 @@ def fuse_mixed_adapters(
     Checks, in this order, each naming the adapter at fault: folders complete, one mask schema,
     channel counts, then (while fusing) base hash, target shapes and ``nn.Linear``-only targets.
     """
-    from tte2tee_fast.kernels.lora_linear import fuse_adapter_folders
-
     if not adapter_dirs:
         raise InputError("no adapter folders given")
     specs = adapter_specs(adapter_dirs, int(model.config.label_channels))

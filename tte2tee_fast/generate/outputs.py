@@ -1,5 +1,6 @@
-"""Write sampled frames: image/mask PNG pairs (the folder-reader layout), a comparison grid
-and a JSON report with per-label intensity statistics against the reference frames."""
+"""Write sampled frames: image/mask PNG pairs (the folder-reader layout) and a comparison grid.
+(The region-mean report beside them is :func:`tte2tee_fast.evaluate.intensity.sample_report`;
+the command composes the two.)"""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import numpy as np
 
 from tte2tee_fast.data.preview import overlay, save_png
 from tte2tee_fast.data.schemas import LabelSchema
-from tte2tee_fast.evaluate.intensity import compare_regions, outside_std
-from tte2tee_fast.fsutil import write_json_atomic
 
 _GAP = 4
 
@@ -36,19 +35,6 @@ def comparison_grid(
     return grid
 
 
-def sample_report(
-    generated: np.ndarray, masks: np.ndarray, reference: np.ndarray | None, schema: LabelSchema
-) -> dict:
-    """Region means of generated vs reference frames and the spread outside the cone."""
-    report: dict = {"outside_std": outside_std(generated, masks)}
-    if reference is not None:
-        report["regions"] = compare_regions(generated, reference, masks, schema)
-        report["max_rel_diff"] = max(
-            v["rel_diff"] for k, v in report["regions"].items() if k != "outside"
-        )
-    return report
-
-
 def write_samples(
     out: str | os.PathLike,
     names: list[str] | tuple[str, ...],
@@ -56,12 +42,11 @@ def write_samples(
     masks: np.ndarray,
     schema: LabelSchema,
     reference: np.ndarray | None = None,
-    meta: dict | None = None,
     grid_n: int = 8,
-) -> dict:
-    """Write ``OUT/images``, ``OUT/masks``, ``OUT/grid.png`` and ``OUT/report.json``.
+) -> None:
+    """Write ``OUT/images``, ``OUT/masks`` and ``OUT/grid.png``.
 
-    ``generated``, ``masks`` and ``reference`` are ``[N, H, W]`` uint8. Returns the report.
+    ``generated``, ``masks`` and ``reference`` are ``[N, H, W]`` uint8.
     """
     out = Path(out)
     for name, image, mask in zip(names, generated, masks, strict=True):
@@ -70,7 +55,3 @@ def write_samples(
     k = min(grid_n, len(names))
     ref = None if reference is None else reference[:k]
     save_png(out / "grid.png", comparison_grid(masks[:k], generated[:k], ref, schema))
-    report = {**(meta or {}), "schema": schema.name, "n": len(names)}
-    report.update(sample_report(generated, masks, reference, schema))
-    write_json_atomic(out / "report.json", report)
-    return report

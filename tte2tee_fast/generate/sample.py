@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tte2tee_fast.adapt.maskr2 import MaskR2Spec, remap_one_hot
+from tte2tee_fast.condition.maskr2 import MaskR2Spec, remap_one_hot
+from tte2tee_fast.data.schemas import LabelSchema
 from tte2tee_fast.diffusion import NoiseSchedule, NoiseSource, cfg_eps_fn, get_sampler
 from tte2tee_fast.diffusion.clip import clip_denoised
 from tte2tee_fast.errors import InputError
@@ -140,6 +142,17 @@ def sample_labels(
     return torch.cat(out)
 
 
+@dataclass(frozen=True)
+class SampleRun:
+    """What :func:`run_sample` drew (all ``[N, H, W]`` uint8) and how (``meta``)."""
+
+    generated: np.ndarray
+    masks: np.ndarray
+    reference: np.ndarray | None  # the source's own frames of the same masks, if it has them
+    schema: LabelSchema
+    meta: dict
+
+
 def run_sample(
     out: str,
     model_dir: str | None,
@@ -151,8 +164,9 @@ def run_sample(
     view: str | None = None,
     adapters: Sequence[str] | None = None,
     adapter: str | None = None,
-) -> dict:
-    """``tte2tee sample``: sample ``n`` frames for the masks of ``masks`` and write them to ``out``.
+) -> SampleRun:
+    """``tte2tee sample``: sample ``n`` frames for the masks of ``masks`` and write them to ``out``
+    (images, masks, grid.png); returns the frames for the report.
 
     The MaskR² spec is ``remap`` when given, else ``adapter``'s (merged into the model in memory,
     any LoRA targets, as ``tte2tee merge`` would), else the model folder's own (``maskr2.json``
@@ -162,8 +176,8 @@ def run_sample(
     """
     import time
 
-    from tte2tee_fast.adapt.maskr2 import load_spec
     from tte2tee_fast.adapt.merge import load_model_spec
+    from tte2tee_fast.condition.maskr2 import load_spec
     from tte2tee_fast.generate.masks import load_masks, to_uint8
     from tte2tee_fast.generate.outputs import write_samples
     from tte2tee_fast.models import load_model
@@ -220,12 +234,8 @@ def run_sample(
     if mixed is not None:
         meta["adapters"] = [str(p) for p in mixed.paths]
         meta["adapter_of_frame"] = f"i % {mixed.num_adapters}"
-    return write_samples(
-        out,
-        batch.names,
-        to_uint8(frames),
-        batch.labels.numpy().astype("uint8"),
-        batch.schema,
-        reference=to_uint8(batch.images),
-        meta=meta,
-    )
+    generated = to_uint8(frames)
+    labels = batch.labels.numpy().astype("uint8")
+    reference = to_uint8(batch.images)
+    write_samples(out, batch.names, generated, labels, batch.schema, reference=reference)
+    return SampleRun(generated, labels, reference, batch.schema, meta)

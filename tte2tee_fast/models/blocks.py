@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tte2tee_fast.kernels.spade import spade_norm_act
+from tte2tee_fast.kernels.ops import spade_norm_act
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

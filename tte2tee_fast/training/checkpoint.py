@@ -7,7 +7,7 @@ A checkpoint folder holds::
     optimizer.safetensors   the optimizer's tensors; optimizer.json the rest of its state
     state.json              step, config, elapsed seconds and what the run adds (data hash...)
 
-Used by the training loop (:mod:`tte2tee_fast.models.loop`).
+Used by the training loop (:mod:`tte2tee_fast.training.loop`).
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.fsutil import staged_folder, write_json_atomic
-from tte2tee_fast.models.ema import EMA
-
-if TYPE_CHECKING:
-    from tte2tee_fast.models.loop import Trainable
+from tte2tee_fast.training.ema import EMA
+from tte2tee_fast.training.trainable import Trainable
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

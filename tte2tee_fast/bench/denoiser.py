@@ -17,7 +17,7 @@ Inputs are random but fixed per batch size (seed ``seed``): ``x`` ~ N(0, 1), tim
 in [0, 1000), one-hot conditioning of random labels. ``max_rel_err`` = max |y - y_fp32| /
 max |y_fp32| of each mode's output against eager fp32 on the same inputs (bf16 costs accuracy;
 compile should not). Timing: ``triton.testing.do_bench`` medians on CUDA, median wall time of
-``repeats`` calls after a warm-up call on the CPU (:func:`~tte2tee_fast.evaluate.kernel_bench.time_ms`).
+``repeats`` calls after a warm-up call on the CPU (:func:`~tte2tee_fast.bench.kernels.time_ms`).
 
 The model is ``--model`` (a folder), else a ``--preset`` with random weights, else the packaged
 phantom-trained weights when this install carries them, else ``tiny`` with random weights.
@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tte2tee_fast.bench.kernels import time_ms
 from tte2tee_fast.errors import InputError
-from tte2tee_fast.evaluate.kernel_bench import time_ms
 
 BASELINE = "eager_fp32"
 
@@ -139,7 +139,7 @@ def bench_denoiser(
 ) -> dict:
     """Time the forward of ``model`` per batch size and mode; JSON-ready result with rows
     ``{"batch", "mode", "ms", "ms_per_image", "vs_eager_fp32", "max_rel_err"}``."""
-    from tte2tee_fast.evaluate.sampler_bench import machine_info
+    from tte2tee_fast.bench.samplers import machine_info
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

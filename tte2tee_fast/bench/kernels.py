@@ -307,7 +307,7 @@ def _lora_rows(cfg: KernelBenchConfig, run: _Run, bar: tqdm) -> list[dict]:
 
 
 def _maskr2_rows(cfg: KernelBenchConfig, run: _Run, bar: tqdm) -> list[dict]:
-    from tte2tee_fast.adapt.maskr2 import builtin_spec
+    from tte2tee_fast.condition.maskr2 import builtin_spec
     from tte2tee_fast.kernels.maskr2 import maskr2_one_hot_reference, maskr2_one_hot_triton
 
     spec = builtin_spec("tee->tte")
@@ -408,7 +408,7 @@ def run_kernel_bench(
     (``TRITON_INTERPRET=1``): it checks the Triton code path (``triton_rel_err``), its times
     mean nothing.
     """
-    from tte2tee_fast.evaluate.sampler_bench import machine_info
+    from tte2tee_fast.bench.samplers import machine_info
     from tte2tee_fast.kernels._triton import interpret_mode, triton_available
 
     if device == "auto":

@@ -1,7 +1,7 @@
-"""The training loop shared by ``tte2tee train`` (:mod:`tte2tee_fast.models.train`) and
+"""The training loop shared by ``tte2tee train`` (:mod:`tte2tee_fast.training.train`) and
 ``tte2tee adapt`` (:mod:`tte2tee_fast.adapt.train`): what is trained (:class:`Trainable`), the
 in-memory data pool, the pure functions of ``(seed, step)``, the run folder checks and
-:func:`fit`, which logs, checkpoints (:mod:`tte2tee_fast.models.checkpoint`) and resumes.
+:func:`fit`, which logs, checkpoints (:mod:`tte2tee_fast.training.checkpoint`) and resumes.
 
 Everything random is a pure function of ``(seed, step)``: the data order (one permutation of
 the case pool per epoch), the timesteps, the noise and the label dropout each come from a
@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +29,10 @@ from tte2tee_fast.diffusion.objective import diffusion_loss, drop_labels
 from tte2tee_fast.diffusion.schedule import NoiseSchedule
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.fsutil import write_text_atomic
-from tte2tee_fast.models.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
-from tte2tee_fast.models.ema import EMA
-
-if TYPE_CHECKING:
-    from tte2tee_fast.models.train import TrainConfig
+from tte2tee_fast.training.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from tte2tee_fast.training.config import TrainConfig
+from tte2tee_fast.training.ema import EMA
+from tte2tee_fast.training.trainable import Trainable
 
 PHANTOM_SOURCES = {"phantom-tte": "tte", "phantom-tee": "tee"}
 # independent random streams derived from (seed, step)
@@ -53,55 +52,6 @@ class DataPool:
         for t in (self.images, self.labels):
             h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
-
-
-@dataclass(frozen=True, eq=False)
-class Trainable:
-    """What the loop trains: the network ``module`` (called as ``module(x, t, cond)``) and the
-    parameters ``params`` (by name) that the optimizer updates, the EMA averages and the
-    checkpoint stores. A model trained from scratch: every parameter (:meth:`whole`); an
-    adapter: only the LoRA weights of a frozen base (adapt/train.py).
-
-    It offers the ``named_parameters`` / ``parameters`` / ``state_dict`` that :class:`EMA` and
-    :func:`save_checkpoint` read from a module, restricted to ``params``.
-    """
-
-    module: torch.nn.Module
-    params: dict[str, torch.nn.Parameter]
-
-    @classmethod
-    def whole(cls, model: torch.nn.Module) -> Trainable:
-        """Every parameter of ``model`` (which must hold no buffers: they are not checkpointed)."""
-        if any(True for _ in model.buffers()):
-            raise ValueError("Trainable.whole: the model has buffers, which checkpoints skip")
-        return cls(model, dict(model.named_parameters()))
-
-    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
-        return iter(self.params.items())
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        return iter(self.params.values())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.params.items()}
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, torch.Tensor], where: str = "state") -> None:
-        """Copy ``state`` into ``params``; names and shapes must match exactly."""
-        missing = sorted(set(self.params) - set(state))
-        extra = sorted(set(state) - set(self.params))
-        if missing or extra:
-            raise InputError(
-                f"{where}: weights do not match the trained parameters (missing {missing[:3]}, "
-                f"unexpected {extra[:3]})"
-            )
-        for name, p in self.params.items():
-            if state[name].shape != p.shape:
-                raise InputError(
-                    f"{where}: {name} has shape {tuple(state[name].shape)}, "
-                    f"expected {tuple(p.shape)}"
-                )
-            p.copy_(state[name])
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,7 +151,7 @@ def build_pool(config: TrainConfig, progress: bool = True) -> DataPool:
 
 def conditioning_spec(config: TrainConfig, schema):
     """The MaskR² spec from the data's labels to the model's channels."""
-    from tte2tee_fast.adapt.maskr2 import MaskR2Spec, load_spec
+    from tte2tee_fast.condition.maskr2 import MaskR2Spec, load_spec
 
     spec = MaskR2Spec.identity(schema) if config.remap is None else load_spec(config.remap)
     if spec.source.name != schema.name:
@@ -318,7 +268,7 @@ def fit(
     ``run_state`` (JSON) is added to every checkpoint's ``state.json`` beside the step, the
     config and the elapsed seconds (e.g. the data fingerprint, the base model hash).
     """
-    from tte2tee_fast.adapt.maskr2 import remap_one_hot
+    from tte2tee_fast.condition.maskr2 import remap_one_hot
 
     model = trainable.module
     ema = EMA(trainable, max_decay=config.ema_decay)

@@ -502,7 +502,7 @@ def _check_out(out: str | os.PathLike) -> Path:
 
 def write_outputs(result: SamplerBenchResult, out: str | os.PathLike) -> dict[str, Path]:
     """Write the JSON, Markdown table, error plot and image grid into folder ``out``."""
-    from tte2tee_fast.evaluate.plots import plot_error_vs_nfe, plot_image_grid
+    from tte2tee_fast.bench.plots import plot_error_vs_nfe, plot_image_grid
 
     folder = _check_out(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -546,7 +546,7 @@ def bench_samplers(
     a folder (loaded at the model's sample size); ``remap`` a MaskR² spec (file or built-in
     name), default the identity of the masks' schema.
     """
-    from tte2tee_fast.adapt.maskr2 import MaskR2Spec, load_spec, remap_one_hot
+    from tte2tee_fast.condition.maskr2 import MaskR2Spec, load_spec, remap_one_hot
     from tte2tee_fast.generate.masks import load_masks
     from tte2tee_fast.models import load_model
     from tte2tee_fast.packaged import resolve_model_path
