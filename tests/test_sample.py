@@ -30,7 +30,11 @@ def test_frames_do_not_depend_on_batch_size(model):
         model, labels, spec, SampleConfig("dpmpp_2m", 4, batch_size=5), progress=False
     )
     assert a.shape == (5, 1, 32, 32)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the same noise and masks; the network itself is not bit-batch-invariant on the CPU (oneDNN
+    # picks its conv algorithm per batch size: ~3e-7 on eps), and trailing spacing's first step
+    # at t = 999 scales eps by 1 / alpha = 2e4 in the clean estimate, so a rare pixel moves ~1e-3
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-3)
+    assert float((a - b).abs().mean()) < 1e-5
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,30 @@
-"""Diffusion: noise schedule, samplers (plain functions), guidance and counter-based noise."""
+"""Diffusion: noise schedule, samplers (plain functions), guidance and counter-based noise.
 
-from tte2tee_fast.diffusion.guidance import GuidedEps, NFECounter, cfg_eps_fn
-from tte2tee_fast.diffusion.noise import NoiseSource, frame_noise
-from tte2tee_fast.diffusion.samplers import SAMPLERS, get_sampler
-from tte2tee_fast.diffusion.schedule import NoiseSchedule
+The names below are imported on first use (PEP 562), so the torch-free modules of this package
+(:mod:`~tte2tee_fast.diffusion.spacing`, :mod:`~tte2tee_fast.diffusion.plans`,
+:mod:`~tte2tee_fast.diffusion.dense`, :mod:`~tte2tee_fast.diffusion.noise`) import without torch.
+"""
 
-__all__ = [
-    "SAMPLERS",
-    "GuidedEps",
-    "NFECounter",
-    "NoiseSchedule",
-    "NoiseSource",
-    "cfg_eps_fn",
-    "frame_noise",
-    "get_sampler",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SAMPLERS": "samplers",
+    "get_sampler": "samplers",
+    "GuidedEps": "guidance",
+    "NFECounter": "guidance",
+    "cfg_eps_fn": "guidance",
+    "NoiseSource": "noise",
+    "frame_noise": "noise",
+    "NoiseSchedule": "schedule",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

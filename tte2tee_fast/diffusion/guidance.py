@@ -32,6 +32,7 @@ class GuidedEps:
     cond: torch.Tensor  # [B, ...]
     scale: float
     both: torch.Tensor | None  # [2B, ...] cond then null label, built once; None if unguided
+    null: torch.Tensor | None = None  # [B, ...] the null label (scale 0); None: zeros_like(cond)
 
     @property
     def nfe_per_call(self) -> int:
@@ -39,7 +40,8 @@ class GuidedEps:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.both is None:
-            c = self.cond if self.scale != 0.0 else torch.zeros_like(self.cond)
+            null = torch.zeros_like(self.cond) if self.null is None else self.null
+            c = self.cond if self.scale != 0.0 else null
             return self.model_fn(x, t, c)
         # one forward over [cond; uncond] rows
         eps_c, eps_u = self.model_fn(torch.cat([x, x]), torch.cat([t, t]), self.both).chunk(2)
@@ -47,14 +49,20 @@ class GuidedEps:
         return eps_u + self.scale * (eps_c - eps_u)
 
 
-def cfg_eps_fn(model_fn: ModelFn, cond: torch.Tensor, scale: float) -> GuidedEps:
-    """Classifier-free guidance ``eps_u + scale (eps_c - eps_u)``; ``scale`` 1 = no guidance."""
+def cfg_eps_fn(
+    model_fn: ModelFn, cond: torch.Tensor, scale: float, null: torch.Tensor | None = None
+) -> GuidedEps:
+    """Classifier-free guidance ``eps_u + scale (eps_c - eps_u)``; ``scale`` 1 = no guidance.
+
+    ``null``: the unconditional input, default ``zeros_like(cond)`` (the all-zero one-hot); a
+    model fed raw label maps takes a map of a value no spec maps (``-1``) instead."""
     scale = float(scale)
     if not scale >= 0.0:
         raise InputError(f"guidance scale must be >= 0, got {scale}")
+    null = torch.zeros_like(cond) if null is None else null
     guided = scale not in (0.0, 1.0)
-    both = torch.cat([cond, torch.zeros_like(cond)]) if guided else None
-    return GuidedEps(model_fn, cond, scale, both)
+    both = torch.cat([cond, null]) if guided else None
+    return GuidedEps(model_fn, cond, scale, both, null)
 
 
 @dataclass

@@ -2,13 +2,16 @@
 ``(seed, i, k)``, never on the batch it is generated in, its position there, the shard or the
 backend.
 
-Scheme (simple and exact): one CPU ``torch.Generator`` per (frame, step), seeded with a 63-bit
-SplitMix64 hash of ``(seed, i, k)``, draws ``torch.randn(shape)`` in float32; the result is then
-cast to the requested dtype and moved to the device. CPU generation makes the numbers identical on
-every machine and backend (CUDA generators are not bit-compatible with CPU ones). Step ``-1`` is
-the initial noise ``x_T``; step ``k >= 0`` the fresh noise of sampler step ``k``.
+Scheme (simple and exact, one definition for torch and numpy): one numpy ``Philox`` generator per
+(frame, step), keyed with a 63-bit SplitMix64 hash of ``(seed, i, k)``, draws
+``standard_normal(shape, float32)`` on the host; the torch path wraps those very numbers
+(``torch.from_numpy``), then casts to the requested dtype and moves them to the device. So the
+torch pipeline and the torch-free runtime (``tte2tee_fast.export.runtime``, numpy only) start
+from the same bits on every machine and backend. Step ``-1`` is the initial noise ``x_T``; step
+``k >= 0`` the fresh noise of sampler step ``k``. This module imports torch only inside the
+torch functions.
 
-Cost: one small host generation per frame and step (about 1 ms per 256x256 frame); for stochastic
+Cost: one small host generation per frame and step (well under 1 ms per 128x128 frame); for stochastic
 samplers inside a captured CUDA graph, copy ``NoiseSource(...)(k, x)`` into a static buffer
 between replays.
 """
@@ -17,10 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from tte2tee_fast.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 _M64 = (1 << 64) - 1
 
@@ -40,9 +47,11 @@ def frame_seed(seed: int, frame: int, step: int = -1) -> int:
     return h >> 1
 
 
-def _as_index_list(frame_indices: torch.Tensor | Sequence[int]) -> list[int]:
-    idx = torch.as_tensor(frame_indices)
-    if idx.ndim != 1 or idx.is_floating_point():
+def _as_index_list(frame_indices: Any) -> list[int]:
+    if hasattr(frame_indices, "detach"):  # a torch tensor
+        frame_indices = frame_indices.detach().cpu().numpy()
+    idx = np.asarray(frame_indices)
+    if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
         raise InputError(
             f"frame_indices must be a 1-D integer tensor, got shape {tuple(idx.shape)} "
             f"and dtype {idx.dtype}"
@@ -53,22 +62,35 @@ def _as_index_list(frame_indices: torch.Tensor | Sequence[int]) -> list[int]:
     return out
 
 
+def frame_noise_np(
+    seed: int, frame_indices: Sequence[int] | np.ndarray, shape: Sequence[int], step: int = -1
+) -> np.ndarray:
+    """Standard normal noise ``[B, *shape]`` float32, row ``b`` a function of
+    ``(seed, frame_indices[b], step)`` only (numpy Philox, no torch)."""
+    shape = tuple(int(d) for d in shape)
+    out = np.empty(
+        (0, *shape) if not len(frame_indices) else (len(frame_indices), *shape), np.float32
+    )
+    for b, f in enumerate(_as_index_list(frame_indices)):
+        gen = np.random.Generator(np.random.Philox(key=frame_seed(seed, f, step)))
+        out[b] = gen.standard_normal(shape, dtype=np.float32)
+    return out
+
+
 def frame_noise(
     seed: int,
     frame_indices: torch.Tensor | Sequence[int],
     shape: Sequence[int],
     step: int = -1,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Standard normal noise ``[B, *shape]``, row ``b`` a function of ``(seed, frame_indices[b], step)``."""
-    rows = []
-    for f in _as_index_list(frame_indices):
-        g = torch.Generator(device="cpu")
-        g.manual_seed(frame_seed(seed, f, step))
-        rows.append(torch.randn(tuple(shape), generator=g, dtype=torch.float32))
-    out = torch.stack(rows) if rows else torch.empty((0, *shape))
-    return out.to(device=device, dtype=dtype)
+    """:func:`frame_noise_np` as a torch tensor (the same bits in float32), cast to ``dtype``
+    (default float32) on ``device``."""
+    import torch
+
+    z = torch.from_numpy(frame_noise_np(seed, _as_index_list(frame_indices), shape, step))
+    return z.to(device=device, dtype=dtype or torch.float32)
 
 
 @dataclass(frozen=True)
@@ -82,7 +104,7 @@ class NoiseSource:
     seed: int
     frame_indices: tuple[int, ...]
 
-    def __init__(self, seed: int, frame_indices: torch.Tensor | Sequence[int]) -> None:
+    def __init__(self, seed: int, frame_indices: Any) -> None:
         object.__setattr__(self, "seed", int(seed))
         object.__setattr__(self, "frame_indices", tuple(_as_index_list(frame_indices)))
 
@@ -90,7 +112,7 @@ class NoiseSource:
         self,
         shape: Sequence[int],
         device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         return frame_noise(self.seed, self.frame_indices, shape, -1, device, dtype)
 

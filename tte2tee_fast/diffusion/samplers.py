@@ -30,26 +30,23 @@ wrong for ``linspace``); ``euler`` / ``heun`` = ``EulerDiscreteScheduler`` /
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from tte2tee_fast.diffusion.plans import ddim_steps, ddpm_steps, euler_steps, heun_coefficients
 from tte2tee_fast.diffusion.schedule import NoiseSchedule
 from tte2tee_fast.diffusion.solvers_core import (
     Callback,
     EpsFn,
     NoiseFn,
-    Step,
     make_grid,
     run_plan,
     x0_from_eps,
 )
 from tte2tee_fast.diffusion.solvers_multistep import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, unipc
 from tte2tee_fast.errors import InputError
-
-VARIANCES = ("small", "large")
 
 
 def ddpm(
@@ -68,20 +65,8 @@ def ddpm(
     ``variance="small"``: posterior variance ``(1 - abar') / (1 - abar) * beta``; ``"large"``:
     ``beta = 1 - abar / abar'``. No noise on the final step.
     """
-    if variance not in VARIANCES:
-        raise InputError(f"unknown ddpm variance {variance!r}; choose one of {list(VARIANCES)}")
     g = make_grid(schedule, timesteps)
-    plan = []
-    for i in range(g.n):
-        a, s, a1 = g.alpha[i], g.sigma[i], g.alpha[i + 1]
-        abar, abar1 = a * a, a1 * a1
-        beta = 1.0 - abar / abar1  # beta of the (strided) transition t_i -> t_{i+1}
-        # posterior mean mu = c0 * x0_pred + cxd * x, x0_pred = (x - s eps) / a
-        c0 = a1 * beta / (1.0 - abar)
-        cxd = math.sqrt(1.0 - beta) * (1.0 - abar1) / (1.0 - abar)
-        var = max((1.0 - abar1) / (1.0 - abar) * beta, 1e-20) if variance == "small" else beta
-        std = 0.0 if i == g.n - 1 else math.sqrt(var)
-        plan.append(Step(cx=c0 / a + cxd, cm=(-c0 * s / a,), cz=std))
+    plan = ddpm_steps(g, variance)
     return run_plan(
         eps_fn, x, g, plan, predict="eps", callback=callback, noise=noise, progress=progress
     )
@@ -99,17 +84,8 @@ def ddim(
     eta: float = 0.0,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021); ``eta = 0`` deterministic, ``eta = 1`` DDPM-like noise."""
-    if not eta >= 0.0:
-        raise InputError(f"ddim eta must be >= 0, got {eta}")
     g = make_grid(schedule, timesteps)
-    plan = []
-    for i in range(g.n):
-        a, s, a1, s1 = g.alpha[i], g.sigma[i], g.alpha[i + 1], g.sigma[i + 1]
-        abar, abar1 = a * a, a1 * a1
-        std = eta * math.sqrt((1.0 - abar1) / (1.0 - abar) * (1.0 - abar / abar1))
-        # x' = a1 x0_pred + sqrt(s1^2 - std^2) eps + std z, x0_pred = (x - s eps) / a
-        dir_eps = math.sqrt(max(s1 * s1 - std * std, 0.0))
-        plan.append(Step(cx=a1 / a, cm=(dir_eps - a1 * s / a,), cz=std))
+    plan = ddim_steps(g, eta)
     return run_plan(
         eps_fn, x, g, plan, predict="eps", callback=callback, noise=noise, progress=progress
     )
@@ -127,13 +103,15 @@ def euler(
 ) -> torch.Tensor:
     """Euler on the probability-flow ODE ``d(x/alpha) = eps d(sigma/alpha)`` (= DDIM, eta 0)."""
     g = make_grid(schedule, timesteps)
-    plan = []
-    for i in range(g.n):
-        a, a1 = g.alpha[i], g.alpha[i + 1]
-        k, k1 = g.sigma[i] / a, g.sigma[i + 1] / a1  # k-diffusion sigmas
-        plan.append(Step(cx=a1 / a, cm=(a1 * (k1 - k),)))
     return run_plan(
-        eps_fn, x, g, plan, predict="eps", callback=callback, noise=noise, progress=progress
+        eps_fn,
+        x,
+        g,
+        euler_steps(g),
+        predict="eps",
+        callback=callback,
+        noise=noise,
+        progress=progress,
     )
 
 
@@ -152,8 +130,8 @@ def heun(
     B = x.shape[0]
     t_b = [torch.full((B,), t, dtype=torch.long, device=x.device) for t in g.t]  # [B] each
     for i in tqdm(range(g.n), disable=not progress, desc="sampling", leave=False):
-        a, s, a1 = g.alpha[i], g.sigma[i], g.alpha[i + 1]
-        cx, ce = a1 / a, a1 * (g.sigma[i + 1] / a1 - s / a)
+        a, s = g.alpha[i], g.sigma[i]
+        cx, ce = heun_coefficients(g, i)
         # slope at t_i
         eps = eps_fn(x, t_b[i])
         if callback is not None:
