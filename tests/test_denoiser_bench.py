@@ -12,6 +12,7 @@ from tte2tee_fast.bench.denoiser import (
     bench_denoiser,
     format_table,
     load_bench_model,
+    load_bench_setup,
     parse_batches,
 )
 from tte2tee_fast.bench.kernels import write_json
@@ -91,3 +92,19 @@ def test_cli(tmp_path):
     assert res.exit_code == 2 and res.output.startswith("Error: ")
     res = CliRunner().invoke(main, ["bench", "denoiser", "--batch", "x"])
     assert res.exit_code == 2 and "--batch" in res.output
+
+
+def test_engine_backends():
+    """ORT and OpenVINO rows: the same model exported inside the bench, errors against eager
+    fp32 at float32 rounding level (not zero: a separate computation), the compiled precision."""
+    model, spec, _ = load_bench_setup(None, "micro")
+    assert spec.name == "tte->tte"
+    config = DenoiserBenchConfig(batches=(3,), bf16=False, repeats=1, backends=("ort", "openvino"))
+    assert config.modes == ("eager_fp32", "ort_fp32", "openvino_f32", "openvino_f32_2s")
+    rows = bench_denoiser(model, config, "cpu", progress=False, spec=spec)["rows"]
+    assert [r["mode"] for r in rows] == list(config.modes)
+    for r in rows[1:]:
+        assert 0 < r["max_rel_err"] <= 1e-4 and r["precision"] in ("fp32", "f32")
+        assert r["vs_eager_fp32"] == pytest.approx(rows[0]["ms"] / r["ms"], rel=2e-2)
+    with pytest.raises(InputError, match="unknown backends"):
+        DenoiserBenchConfig(backends=("trt",))
