@@ -9,11 +9,16 @@ here covers the whole run; an explicit value in the environment wins.
 """
 
 import os
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# engines exported on first use (generate/backends.py) go to a cache of this run only, so no
+# test reuses an engine a previous run (or the user) left behind
+os.environ.setdefault("TTE2TEE_CACHE", tempfile.mkdtemp(prefix="tte2tee-cache-"))
 
 import pytest
 

@@ -99,3 +99,35 @@ def training_options(checkpoint_every: int) -> Callable[[Callable], Callable]:
         return command
 
     return decorate
+
+
+def backend_options(command: Callable) -> Callable:
+    """``--backend``, ``--precision``, ``--engine``: which denoiser runs
+    (:mod:`tte2tee_fast.generate.backends`); shared by ``sample``, ``generate`` and ``bench``."""
+    command = click.option(
+        "--engine",
+        type=click.Path(dir_okay=False, path_type=str),
+        default=None,
+        help="Engine file to run (.onnx, .xml, .plan) instead of the one exported on first use.",
+    )(command)
+    command = click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16"]),
+        default="auto",
+        show_default=True,
+        help="auto: bf16 only where the device computes it in hardware (CUDA, AVX512_BF16, AMX).",
+    )(command)
+    return click.option(
+        "--backend",
+        type=click.Choice(["auto", "torch", "compile", "ort", "openvino", "trt"]),
+        default="auto",
+        show_default=True,
+        help="Denoiser backend; auto: the fastest installed (OpenVINO, ONNX Runtime, torch).",
+    )(command)
+
+
+def precision_of(precision: str, bf16: bool | None) -> str:
+    """``--precision`` with the ``--bf16/--no-bf16`` shorthand applied (when given)."""
+    if bf16 is None or precision != "auto":
+        return precision
+    return "bf16" if bf16 else "fp32"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import click
 
 from tte2tee_fast.commands import (
+    backend_options,
     explicit_options,
     karras_options,
     model_option,
+    precision_of,
     training_options,
 )
 from tte2tee_fast.errors import InputError
@@ -214,11 +216,11 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     help="Phantom view (default: the modality's first).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@backend_options
 @click.option(
     "--bf16/--no-bf16",
-    default=True,
-    show_default=True,
-    help="bf16 autocast for the network (weights stay fp32).",
+    default=None,
+    help="Shorthand for --precision bf16 / fp32.",
 )
 @click.option(
     "--adapter",
@@ -249,6 +251,10 @@ def sample_cmd(
     unmerged: bool,
     adapters: str | None,
     adapter: str | None,
+    backend: str,
+    precision: str,
+    engine: str | None,
+    bf16: bool | None,
     **options,
 ) -> None:
     """Sample frames for conditioning masks and write PNGs, a grid and a report.
@@ -265,6 +271,7 @@ def sample_cmd(
       tte2tee sample --sampler dpmpp_2m --steps 10 --out runs/sample-fast
       tte2tee sample --adapter phantom-tee --masks phantom-tee --out runs/sample-tee
       tte2tee sample --model runs/merged-tee --masks phantom-tee --out runs/sample-tee
+      tte2tee sample --adapter phantom-tee --masks phantom-tee --backend ort --out runs/s-ort
       tte2tee sample --model runs/base --unmerged --adapters runs/tee-a,runs/tee-b \\
         --masks phantom-tee --out runs/sample-mixed
     """
@@ -290,6 +297,9 @@ def sample_cmd(
         view=view,
         adapters=folders,
         adapter=adapter,
+        backend="torch" if folders else backend,
+        precision=precision_of(precision, bf16),
+        engine=engine,
     )
     report = {**run.meta, "schema": run.schema.name, "n": len(run.generated)}
     report.update(sample_report(run.generated, run.masks, run.reference, run.schema))

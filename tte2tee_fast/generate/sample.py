@@ -21,6 +21,7 @@ from tte2tee_fast.condition.maskr2 import MaskR2Spec, remap_one_hot
 from tte2tee_fast.data.schemas import LabelSchema
 from tte2tee_fast.diffusion import NoiseSchedule, NoiseSource, cfg_eps_fn, get_sampler
 from tte2tee_fast.diffusion.clip import clip_denoised
+from tte2tee_fast.diffusion.dense import load_plan, run_dense_plan
 from tte2tee_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -64,6 +65,53 @@ def _model_fn(model: torch.nn.Module, bf16: bool) -> Callable:
 
 
 @torch.no_grad()
+def sample_with(
+    model_fn: Callable,
+    cond: torch.Tensor,
+    frame_indices: torch.Tensor,
+    config: SampleConfig,
+    schedule: NoiseSchedule | None = None,
+    eps_wrapper: Callable | None = None,
+    clamp: bool = True,
+    null: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Frames ``[B, 1, H, W]`` in [-1, 1] from ``model_fn(x, t, cond)`` (eps) for conditioning
+    ``cond`` ``[B, ...]`` (one-hot channels, or the raw label maps of an engine backend, whose
+    unconditional input ``null`` is a map of unmapped values).
+
+    ``config.sampler`` is a named sampler or ``plan:FILE`` (a dense plan,
+    :mod:`tte2tee_fast.diffusion.dense`). ``eps_wrapper`` (e.g. an
+    :class:`~tte2tee_fast.diffusion.NFECounter`) wraps the guided eps function, for benchmarks.
+    ``clamp=False`` returns the sampler's raw output (the ODE solution, for error measurements)
+    instead of clipping it to [-1, 1].
+    """
+    schedule = schedule or NoiseSchedule.cosine(1000)
+    noise = NoiseSource(config.seed, frame_indices)
+    h, w = cond.shape[-2:]
+    x = noise.initial((1, h, w), device=cond.device)  # [B, 1, H, W]
+    eps_fn = cfg_eps_fn(model_fn, cond, config.guidance, null)
+    if config.sampler.startswith("plan:"):
+        plan = load_plan(config.sampler[len("plan:") :])
+        if eps_wrapper is not None:
+            eps_fn = eps_wrapper(eps_fn)
+        t_b = [
+            torch.full((x.shape[0],), t, dtype=torch.long, device=x.device) for t in plan.timesteps
+        ]
+        x0 = run_dense_plan(lambda xk, k: eps_fn(xk, t_b[k]), x, plan, clip=config.clip)
+        return x0.clamp(-1.0, 1.0) if clamp else x0
+    sampler = get_sampler(config.sampler)
+    timesteps = schedule.timesteps(
+        config.steps, config.spacing, rho=config.rho, t_max=config.t_max, t_min=config.t_min
+    )
+    if config.clip:
+        eps_fn = clip_denoised(eps_fn, schedule, device=cond.device)
+    if eps_wrapper is not None:
+        eps_fn = eps_wrapper(eps_fn)
+    options = {"eta": config.eta} if config.sampler == "ddim" else {}
+    x0 = sampler(eps_fn, x, schedule, timesteps, noise=noise, **options)
+    return x0.clamp(-1.0, 1.0) if clamp else x0
+
+
 def sample_batch(
     model: torch.nn.Module,
     cond: torch.Tensor,
@@ -73,28 +121,9 @@ def sample_batch(
     eps_wrapper: Callable | None = None,
     clamp: bool = True,
 ) -> torch.Tensor:
-    """Frames ``[B, 1, H, W]`` in [-1, 1] for one-hot conditioning ``cond`` ``[B, C, H, W]``.
-
-    ``eps_wrapper`` (e.g. an :class:`~tte2tee_fast.diffusion.NFECounter`) wraps the guided
-    eps function, for benchmarks. ``clamp=False`` returns the sampler's raw output (the ODE
-    solution, for error measurements) instead of clipping it to [-1, 1].
-    """
-    schedule = schedule or NoiseSchedule.cosine(1000)
-    sampler = get_sampler(config.sampler)
-    timesteps = schedule.timesteps(
-        config.steps, config.spacing, rho=config.rho, t_max=config.t_max, t_min=config.t_min
-    )
-    noise = NoiseSource(config.seed, frame_indices)
-    h, w = cond.shape[-2:]
-    x = noise.initial((1, h, w), device=cond.device)  # [B, 1, H, W]
-    eps_fn = cfg_eps_fn(_model_fn(model, config.bf16), cond, config.guidance)
-    if config.clip:
-        eps_fn = clip_denoised(eps_fn, schedule, device=cond.device)
-    if eps_wrapper is not None:
-        eps_fn = eps_wrapper(eps_fn)
-    options = {"eta": config.eta} if config.sampler == "ddim" else {}
-    x0 = sampler(eps_fn, x, schedule, timesteps, noise=noise, **options)
-    return x0.clamp(-1.0, 1.0) if clamp else x0
+    """:func:`sample_with` for a SemanticUNet and one-hot conditioning ``cond`` ``[B, C, H, W]``."""
+    fn = _model_fn(model, config.bf16)
+    return sample_with(fn, cond, frame_indices, config, schedule, eps_wrapper, clamp)
 
 
 def sample_labels(
@@ -164,6 +193,9 @@ def run_sample(
     view: str | None = None,
     adapters: Sequence[str] | None = None,
     adapter: str | None = None,
+    backend: str = "torch",
+    precision: str | None = None,
+    engine: str | None = None,
 ) -> SampleRun:
     """``tte2tee sample``: sample ``n`` frames for the masks of ``masks`` and write them to ``out``
     (images, masks, grid.png); returns the frames for the report.
@@ -172,11 +204,12 @@ def run_sample(
     any LoRA targets, as ``tte2tee merge`` would), else the model folder's own (``maskr2.json``
     of a merged adapter, identity ``tte`` otherwise); its source schema must be the masks'.
     ``adapters`` (folders): serve them unmerged on the model, frame ``i`` with adapter
-    ``i % K`` through its own spec (:mod:`tte2tee_fast.generate.multi_adapter`).
+    ``i % K`` through its own spec (:mod:`tte2tee_fast.generate.multi_adapter`; torch only).
+    ``backend`` / ``precision`` / ``engine``: the denoiser (:mod:`tte2tee_fast.generate.backends`;
+    ``precision=None``: bf16 if ``config.bf16`` else fp32, for the torch backend).
     """
     import time
 
-    from tte2tee_fast.adapt.merge import load_model_spec
     from tte2tee_fast.condition.maskr2 import load_spec
     from tte2tee_fast.generate.masks import load_masks, to_uint8
     from tte2tee_fast.generate.outputs import write_samples
@@ -184,17 +217,10 @@ def run_sample(
     from tte2tee_fast.packaged import resolve_model_path
 
     path = resolve_model_path(model_dir)
-    model = load_model(path)
-    mixed = None
     if adapters and adapter:
         raise InputError("give --adapter (merged) or --unmerged --adapters, not both")
-    if adapter:
-        from tte2tee_fast.adapt.adapter import load_adapter_meta
-        from tte2tee_fast.adapt.merge import merge_adapter
-
-        merge_adapter(model, adapter)  # checks the base hash; in memory, nothing written
-        spec = load_spec(remap) if remap else load_adapter_meta(adapter).maskr2  # tte2tee.json
-    elif adapters:
+    mixed = None
+    if adapters:
         from tte2tee_fast.generate.multi_adapter import fuse_mixed_adapters
 
         if remap:
@@ -202,11 +228,31 @@ def run_sample(
                 "--remap cannot be combined with --adapters: each adapter folder carries its "
                 "own MaskR² spec (tte2tee.json)"
             )
+        if backend != "torch":
+            raise InputError("--unmerged --adapters runs on the torch backend only")
+        if precision is not None:
+            from tte2tee_fast.generate.backends import resolve
+
+            config = dataclasses.replace(config, bf16=resolve("torch", precision)[1] == "bf16")
+        model = load_model(path)
         mixed = fuse_mixed_adapters(model, adapters)
-        spec = mixed.specs[0]
+        spec, size = mixed.specs[0], int(model.config.sample_size)
     else:
-        spec = load_spec(remap) if remap else load_model_spec(path)
-    size = int(model.config.sample_size)
+        from tte2tee_fast.generate.backends import build_denoiser, sample_frames
+
+        if precision is None:
+            precision = "bf16" if config.bf16 else "fp32"
+        spec_override = load_spec(remap) if remap else None
+        den = build_denoiser(
+            str(path),
+            adapter,
+            backend,
+            precision,
+            config.batch_size,
+            engine=engine,
+            spec=spec_override,
+        )
+        spec, size = den.spec, den.size
     batch = load_masks(masks, n, size, seed=mask_seed, view=view)
     if batch.schema.name != spec.source.name:
         hint = (
@@ -219,10 +265,15 @@ def run_sample(
             f"{spec.name!r} maps {spec.source.name!r} labels; pass {hint}"
         )
     start = time.perf_counter()
-    frames = sample_labels(model, batch.labels, spec, config, adapters=mixed)
+    if mixed is not None:
+        frames = sample_labels(model, batch.labels, spec, config, adapters=mixed)
+    else:
+        spec.check_labels(batch.labels, source="conditioning masks")
+        frames = sample_frames(den, batch.labels, torch.arange(n), config, progress=True)
     seconds = time.perf_counter() - start
     meta = {
         "model": str(path),
+        **({} if mixed is not None else {"denoiser": den.info}),
         "masks": masks,
         "remap": spec.name if mixed is None else ",".join(s.name for s in mixed.specs),
         "config": dataclasses.asdict(config),

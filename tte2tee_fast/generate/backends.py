@@ -1,0 +1,386 @@
+"""One backend interface for the denoiser: ``torch``, ``compile``, ``ort``, ``openvino``, ``trt``.
+
+Every backend takes the raw label map in the model's source schema (the MaskR² lookup and
+one-hot are part of it: :class:`~tte2tee_fast.condition.maskr2.MaskR2Remap` in torch, ops inside
+the graph of an engine) and returns eps::
+
+    den = build_denoiser(None, "phantom-tee", "openvino", "fp32")
+    eps = den(x, t, labels, guidance=1.0)   # x [B, 1, H, W] f32, t [B] int64, labels [B, H, W]
+
+Precisions: ``torch`` / ``compile``: fp32, bf16 (autocast; + channels_last); ``ort``: fp32
+(int8 / fp16 engines: give ``--engine``, ``tte2tee export quantize``); ``openvino``: fp32, bf16
+(the ``INFERENCE_PRECISION_HINT``, always set explicitly), int8 (an NNCF IR via ``--engine``);
+``trt``: the precision the plan was built with (``--engine f.plan``). Engines for ``ort`` and
+``openvino`` are exported on first use into a cache folder (``TTE2TEE_CACHE``, default
+``~/.cache/tte2tee-fast``) keyed by the merged model's hash, so a rerun reuses them.
+
+``auto`` (the default of ``tte2tee generate``): on CUDA, torch bf16; on a CPU, the fastest that
+keeps fp32 accuracy, measured in ``benchmarks/RESULTS.md``: OpenVINO (bf16 where the CPU has
+bf16 hardware, AVX512_BF16 or AMX, else f32), else ONNX Runtime fp32, else torch fp32.
+A backend whose package or device is missing fails with one line saying what to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tte2tee_fast.condition.maskr2 import MaskR2Remap, MaskR2Spec
+from tte2tee_fast.errors import InputError
+
+BACKENDS = ("torch", "compile", "ort", "openvino", "trt")
+PRECISIONS = {
+    "torch": ("fp32", "bf16"),
+    "compile": ("fp32", "bf16"),
+    "ort": ("fp32",),
+    "openvino": ("fp32", "bf16"),
+    "trt": ("engine",),
+}
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_NEEDS = {
+    "ort": ("onnxruntime", "pip install onnxruntime"),
+    "openvino": ("openvino", "pip install openvino"),
+}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512_BF16 or AMX): only there is bf16 fast."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+
+
+def available(backend: str) -> bool:
+    """Whether ``backend``'s package is installed (a device is checked when it is built)."""
+    if backend in _NEEDS:
+        return importlib.util.find_spec(_NEEDS[backend][0]) is not None
+    if backend == "trt":
+        return importlib.util.find_spec("tensorrt") is not None
+    return True
+
+
+def resolve(backend: str, precision: str, device: str = "cpu") -> tuple[str, str]:
+    """``(backend, precision)`` with ``auto`` resolved and the pair checked."""
+    if backend == "auto":
+        if device.startswith("cuda"):
+            backend = "torch"
+        else:
+            backend = next(b for b in ("openvino", "ort", "torch") if available(b))
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose auto or one of {list(BACKENDS)}")
+    if precision == "auto":
+        fast_bf16 = device.startswith("cuda") or cpu_has_bf16()
+        precision = (
+            "bf16" if fast_bf16 and "bf16" in PRECISIONS[backend] else PRECISIONS[backend][0]
+        )
+    if precision not in PRECISIONS[backend]:
+        raise InputError(
+            f"backend {backend!r} runs precisions {list(PRECISIONS[backend])}, not {precision!r} "
+            "(int8 / fp16 engines: tte2tee export quantize, then --engine FILE)"
+        )
+    if not available(backend):
+        name, how = _NEEDS.get(backend, ("tensorrt", "pip install tensorrt (NVIDIA GPU)"))
+        raise InputError(f"backend {backend!r} needs the {name} package: {how}")
+    return backend, precision
+
+
+def cache_dir() -> Path:
+    """Where exported engines are kept between runs."""
+    return Path(os.environ.get("TTE2TEE_CACHE", Path.home() / ".cache" / "tte2tee-fast"))
+
+
+@dataclass
+class Denoiser:
+    """``den(x, t, labels, guidance) -> eps`` on torch tensors, whatever runs it.
+
+    ``x`` ``[B, 1, H, W]`` float32, ``t`` ``[B]`` int64, ``labels`` ``[B, H, W]`` integer (source
+    schema); ``guidance``: classifier-free guidance scale (1 = none), cond and null rows batched.
+    """
+
+    backend: str
+    precision: str
+    spec: MaskR2Spec
+    size: int
+    info: dict  # JSON-able: hashes, backend, precision, engine path
+    _run: Any  # (x, t, labels, guidance) -> eps
+
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance: float = 1.0
+    ) -> torch.Tensor:
+        return self._run(x, t, labels, float(guidance))
+
+
+def _torch_run(model: torch.nn.Module, spec: MaskR2Spec, bf16: bool) -> Any:
+    remap = MaskR2Remap(spec)
+    device = next(model.parameters()).device
+    remap.to(device)
+
+    def run(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, g: float) -> torch.Tensor:
+        cond = remap(labels)  # [B, C, H, W]
+        if g != 1.0:  # one forward over [cond; null] rows
+            x, t = torch.cat([x, x]), torch.cat([t, t])
+            cond = torch.cat([cond, torch.zeros_like(cond)]) if g != 0.0 else torch.zeros_like(cond)
+            if g == 0.0:
+                x, t = x[: labels.shape[0]], t[: labels.shape[0]]
+        ctx = (
+            torch.autocast(x.device.type, dtype=torch.bfloat16)
+            if bf16
+            else contextlib.nullcontext()
+        )
+        with torch.no_grad(), ctx:
+            eps = model(x, t, cond).float()
+        if g in (0.0, 1.0):
+            return eps
+        eps_c, eps_u = eps.chunk(2)
+        return eps_u + g * (eps_c - eps_u)
+
+    return run
+
+
+def _engine_run(runner: Any) -> Any:
+    def run(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, g: float) -> torch.Tensor:
+        eps = runner(
+            x.detach().float().cpu().numpy(),
+            t.detach().cpu().numpy().astype(np.int64),
+            labels.detach().cpu().numpy().astype(np.int64),
+            guidance=None if g == 1.0 else g,
+        )
+        return torch.from_numpy(eps).to(x.device)
+
+    return run
+
+
+def engine_file(merged: torch.nn.Module, spec: MaskR2Spec, meta: dict, batch: int | None) -> Path:
+    """The cached ONNX engine of ``merged`` (exported on first use, atomically), keyed by the
+    base, adapter and merged hashes, the MaskR² spec and the batch."""
+    import hashlib
+    import json
+
+    from tte2tee_fast.export.onnx_export import export_denoiser
+
+    key = {k: meta[k] for k in ("model_hash", "adapter_hash", "merged_hash", "batch")}
+    key["maskr2"] = spec.to_json()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir() / "engines" / f"{digest}.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_denoiser(merged, spec, path, meta, batch=batch)
+    return path
+
+
+def build_denoiser(
+    model: str | None,
+    adapter: str | None,
+    backend: str = "auto",
+    precision: str = "auto",
+    batch: int | None = None,
+    device: str = "cpu",
+    engine: str | None = None,
+    threads: int | None = None,
+    spec: MaskR2Spec | None = None,
+) -> Denoiser:
+    """The denoiser of ``model`` (+ ``adapter`` merged in memory) on ``backend``.
+
+    ``batch``: the engine batch of ``ort`` / ``openvino`` (static shapes are faster there; a
+    short batch is padded; torch ignores it); ``engine``: an engine file to run instead of the
+    cached export (its metadata must name the same base and adapter hashes); ``spec``: a MaskR²
+    spec in place of the adapter's (or the model folder's) own.
+    """
+    from tte2tee_fast.export.onnx_export import engine_metadata, load_merged
+
+    backend, precision = resolve(backend, precision, device)
+    merged, own_spec, base_hash, weights = load_merged(model, adapter)
+    spec = spec or own_spec
+    if spec.num_channels != int(merged.config.label_channels):
+        raise InputError(
+            f"MaskR² spec {spec.name!r} produces {spec.num_channels} channels but the model "
+            f"takes {int(merged.config.label_channels)}"
+        )
+    meta = engine_metadata(base_hash, merged, spec, weights, batch, False)
+    size = int(merged.config.sample_size)
+    info = {
+        "backend": backend,
+        "precision": precision,
+        "model_hash": meta["model_hash"],
+        "adapter_hash": meta["adapter_hash"],
+        "merged_hash": meta["merged_hash"],
+        "maskr2": spec.name,
+        "schema": spec.source.name,
+    }
+    if backend in ("torch", "compile"):
+        net = merged.to(device)
+        if precision == "bf16":
+            net = net.to(memory_format=torch.channels_last)
+        if backend == "compile":
+            net = torch.compile(net)
+        return Denoiser(
+            backend, precision, spec, size, info, _torch_run(net, spec, precision == "bf16")
+        )
+    if device != "cpu" and backend != "trt":
+        raise InputError(f"backend {backend!r} runs on the CPU here; use --device cpu")
+    path = Path(engine) if engine else None
+    if backend == "trt":
+        if path is None:
+            raise InputError(
+                "backend 'trt' needs a TensorRT plan: tte2tee export trt ..., then --engine F.plan"
+            )
+        from tte2tee_fast.export.tensorrt import TrtDenoiser
+
+        runner = TrtDenoiser(path)
+    else:
+        path = path or engine_file(merged, spec, meta, batch)
+        if backend == "ort":
+            from tte2tee_fast.export.ort import OrtDenoiser
+
+            runner = OrtDenoiser(path, threads=threads)
+        else:
+            from tte2tee_fast.export.openvino import OpenVINODenoiser
+
+            runner = OpenVINODenoiser(
+                path, precision=_OV_PRECISION[precision], threads=threads, batch=batch
+            )
+    from tte2tee_fast.export.metadata import check_engine
+
+    check_engine(
+        runner.metadata, str(path), meta["model_hash"], meta["adapter_hash"], spec.source.name
+    )
+    info["engine"] = str(path)
+    return Denoiser(backend, precision, spec, size, info, _engine_run(runner))
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True)
+class FrameConfig:
+    """How ``tte2tee generate`` draws frames (all of it enters the dataset's configuration)."""
+
+    model: str | None = None  # model folder or packaged name; None: the packaged phantom-tte
+    adapter: str | None = "phantom-tee"  # adapter folder or packaged name (merged); None: none
+    sampler: str = "unipc"  # a sampler name or plan:FILE
+    steps: int = 10
+    spacing: str = "karras"
+    t_min: int | None = 10
+    t_max: int | None = 979
+    rho: float = 7.0
+    guidance: float = 1.0
+    seed: int = 0
+    backend: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    device: str = "cpu"
+    engine: str | None = None
+
+    def sample_config(self) -> Any:
+        from tte2tee_fast.generate.sample import SampleConfig
+
+        return SampleConfig(
+            sampler=self.sampler,
+            steps=self.steps,
+            spacing=self.spacing,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            t_max=self.t_max,
+            t_min=self.t_min,
+            rho=self.rho,
+            guidance=self.guidance,
+        )
+
+
+def sample_frames(
+    den: Denoiser, labels: torch.Tensor, frames: torch.Tensor, config: Any, progress: bool = False
+) -> torch.Tensor:
+    """Frames ``[N, 1, H, W]`` in [-1, 1] for label maps ``[N, H, W]`` (source schema) and their
+    global frame indices ``[N]`` (a :class:`~tte2tee_fast.generate.sample.SampleConfig`: sampler,
+    steps, guidance, seed, batch size), in network batches of ``config.batch_size``. A short
+    last batch is padded by repeating its last frame, so the network always runs the same batch
+    size and frame ``i`` does not depend on which frames share its batch."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from tte2tee_fast.generate.sample import sample_with
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return den(x, t, c, config.guidance)  # guidance inside: cond + null rows batched
+
+    plain = dataclasses.replace(config, guidance=1.0)
+    out, b = [], config.batch_size
+    bar = tqdm(
+        total=labels.shape[0],
+        desc=f"sampling ({config.sampler}, {config.steps} steps)",
+        disable=not progress,
+    )
+    for start in range(0, labels.shape[0], b):
+        lab, idx = labels[start : start + b], frames[start : start + b]
+        n = lab.shape[0]
+        if n < b:  # pad: the same batch size every time
+            lab = torch.cat([lab, lab[-1:].expand(b - n, *lab.shape[1:])])
+            idx = torch.cat([idx, idx[-1:].expand(b - n)])
+        out.append(sample_with(model_fn, lab, idx, plain)[:n])
+        bar.update(n)
+    bar.close()
+    return torch.cat(out)
+
+
+class FrameFn:
+    """``fn(labels [B, S, S] uint8, frames [B] int64) -> images [B, S, S] uint8``: frame ``i``
+    depends only on (the configuration, ``i``, its mask); see :func:`build_frame_fn`."""
+
+    def __init__(self, den: Denoiser, config: FrameConfig) -> None:
+        self.den = den
+        self.config = config
+        self.spec = den.spec
+        self.size = den.size
+        self._sample = config.sample_config()
+        self.info = {
+            **den.info,
+            "sampler": config.sampler,
+            "steps": config.steps,
+            "spacing": config.spacing,
+            "t_min": config.t_min,
+            "t_max": config.t_max,
+            "rho": config.rho,
+            "guidance": config.guidance,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+        }
+
+    def __call__(self, labels: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        labels, frames = np.asarray(labels), np.asarray(frames)
+        s = self.size
+        if labels.ndim != 3 or labels.shape[1:] != (s, s) or labels.shape[0] != frames.shape[0]:
+            raise InputError(
+                f"frames need label maps [B, {s}, {s}] and B frame indices, got "
+                f"{list(labels.shape)} and {list(frames.shape)}"
+            )
+        self.spec.check_labels(labels, source="masks")
+        lab = torch.from_numpy(labels.astype(np.int64))
+        idx = torch.from_numpy(frames.astype(np.int64))
+        x = sample_frames(self.den, lab, idx, self._sample)
+        return ((x[:, 0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+
+
+def build_frame_fn(config: FrameConfig) -> FrameFn:
+    """The frame function of ``config`` (model, adapter, sampler, backend resolved and loaded)."""
+    if config.batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {config.batch_size}")
+    den = build_denoiser(
+        config.model,
+        config.adapter,
+        config.backend,
+        config.precision,
+        batch=config.batch_size,  # engines compile static shapes at the network batch
+        device=config.device,
+        engine=config.engine,
+    )
+    return FrameFn(den, config)
