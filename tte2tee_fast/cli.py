@@ -16,7 +16,9 @@ from tte2tee_fast import __version__
 from tte2tee_fast.commands.adapt import adapt_cmd, merge_cmd
 from tte2tee_fast.commands.bench import bench_group
 from tte2tee_fast.commands.data import inspect_cmd, phantom_cmd
+from tte2tee_fast.commands.evaluate import evaluate_group
 from tte2tee_fast.commands.export import export_group
+from tte2tee_fast.commands.generate import generate_cmd
 from tte2tee_fast.commands.model import info_cmd, sample_cmd, train_cmd
 from tte2tee_fast.errors import InputError
 
@@ -55,7 +57,9 @@ def main() -> None:
 for _command in (
     adapt_cmd,
     bench_group,
+    evaluate_group,
     export_group,
+    generate_cmd,
     info_cmd,
     inspect_cmd,
     merge_cmd,
