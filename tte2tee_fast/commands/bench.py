@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tte2tee_fast.commands import karras_options, model_option
+from tte2tee_fast.commands import backend_options, karras_options, model_option
 
 
 @click.group("bench")
@@ -232,7 +232,23 @@ def bench_kernels_cmd(
 @click.option(
     "--batch", "batches", default="1,8,16", show_default=True, help="Comma list of batch sizes."
 )
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="Also time bf16 autocast.")
+@click.option(
+    "--adapter",
+    default=None,
+    help="LoRA adapter folder or packaged name (phantom-tee) merged into the model first.",
+)
+@click.option(
+    "--backends",
+    default="torch",
+    show_default=True,
+    help="Comma list: torch (always: eager fp32 is the baseline), ort, openvino.",
+)
+@click.option(
+    "--bf16/--no-bf16",
+    default=True,
+    show_default=True,
+    help="Also time bf16 (torch autocast, OpenVINO bf16 hint).",
+)
 @click.option(
     "--compile/--no-compile",
     "use_compile",
@@ -254,6 +270,8 @@ def bench_kernels_cmd(
 def bench_denoiser_cmd(
     model_dir: str | None,
     preset: str | None,
+    adapter: str | None,
+    backends: str,
     batches: str,
     bf16: bool,
     use_compile: bool,
@@ -261,13 +279,16 @@ def bench_denoiser_cmd(
     device: str,
     json_path: str | None,
 ) -> None:
-    """Forward time per image of the denoiser: eager fp32 (baseline), bf16 autocast, compile.
+    """Forward time per image of the denoiser: eager fp32 (baseline), bf16 autocast, compile,
+    ONNX Runtime and OpenVINO engines (f32 / bf16 hint, 1 and 2 streams).
 
     Ratios are against eager fp32 at the same batch size, in the same process; max_rel_err
     is each mode's output against eager fp32 on the same inputs.
 
     \b
     Examples:
+      tte2tee bench denoiser
+      tte2tee bench denoiser --adapter phantom-tee --backends torch,ort,openvino
       tte2tee bench denoiser
       tte2tee bench denoiser --model runs/tiny-tte/ema --batch 1,8 --json runs/denoiser.json
       tte2tee bench denoiser --preset sdm256 --batch 1 --compile --device cuda
@@ -276,17 +297,99 @@ def bench_denoiser_cmd(
         DenoiserBenchConfig,
         bench_denoiser,
         format_table,
-        load_bench_model,
+        load_bench_setup,
+        parse_backends,
         parse_batches,
     )
     from tte2tee_fast.bench.kernels import write_json
 
-    config = DenoiserBenchConfig(parse_batches(batches), bf16, use_compile, repeats)
-    model, name = load_bench_model(model_dir, preset)
+    config = DenoiserBenchConfig(
+        parse_batches(batches), bf16, use_compile, repeats, backends=parse_backends(backends)
+    )
+    model, spec, name = load_bench_setup(model_dir, preset, adapter)
     click.echo(f"model: {name}")
     if use_compile:
         click.echo("torch.compile: the first call per batch size compiles (slow)", err=True)
-    result = bench_denoiser(model, config, device, model_name=name)
+    result = bench_denoiser(model, config, device, model_name=name, spec=spec)
     click.echo(format_table(result), nl=False)
     if json_path:
         click.echo(f"wrote {write_json(json_path, result)}")
+
+
+@bench_group.command("e2e")
+@model_option()
+@click.option(
+    "--adapter", default="phantom-tee", show_default=True, help="Adapter (merged for ours)."
+)
+@click.option(
+    "--n", type=click.IntRange(min=1), default=8, show_default=True, help="Frames (b, c)."
+)
+@click.option(
+    "--n-reference",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Frames of the 1000-step reference (~1000 forwards each).",
+)
+@click.option("--sampler", default="unipc", show_default=True, help="Ours: sampler or plan:FILE.")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
+@backend_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--pipelines", default="reference,diffusers,ours", show_default=True, help="Comma list."
+)
+@click.option("--segmenter", default=None, help="Segmenter folder [default: the packaged one].")
+@click.option(
+    "--quick", is_flag=True, help="A smoke run: 2 frames, 8-step reference, 4-step others."
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def bench_e2e_cmd(
+    model_dir: str | None,
+    adapter: str,
+    n: int,
+    n_reference: int,
+    sampler: str,
+    steps: int,
+    backend: str,
+    precision: str,
+    engine: str | None,
+    batch_size: int,
+    pipelines: str,
+    segmenter: str | None,
+    quick: bool,
+    out_dir: str,
+) -> None:
+    """Reference (eager fp32, peft unmerged, DDPM 1000) vs diffusers-style (DPMSolver 20) vs
+    ours, on the same masks and noise, with fidelity (Dice) beside every speed.
+
+    \b
+    Examples:
+      tte2tee bench e2e --out runs/bench-e2e
+      tte2tee bench e2e --quick --out runs/bench-e2e-quick
+      tte2tee bench e2e --pipelines diffusers,ours --n 16 --out runs/bench-e2e
+    """
+    import dataclasses
+
+    from tte2tee_fast.bench.e2e import QUICK, E2EConfig, bench_e2e, markdown, write_outputs
+
+    config = E2EConfig(
+        n=n,
+        n_reference=n_reference,
+        sampler=sampler,
+        steps=steps,
+        backend=backend,
+        precision=precision,
+        batch_size=batch_size,
+        model=model_dir,
+        adapter=adapter,
+        segmenter=segmenter,
+        pipelines=tuple(p.strip() for p in pipelines.split(",") if p.strip()),
+    )
+    if engine is not None:
+        raise click.UsageError("bench e2e exports its own engines; --engine is not used here")
+    if quick:
+        config = dataclasses.replace(config, **QUICK)
+    result = bench_e2e(config)
+    click.echo(markdown(result), nl=False)
+    files = write_outputs(result, out_dir)
+    click.echo(f"wrote {', '.join(files.values())}")

@@ -1,0 +1,369 @@
+"""``tte2tee bench e2e``: three pipelines side by side in one process, on the same masks and
+the same counter-based noise, with structural fidelity beside every speed.
+
+- ``reference``: as the base papers run it: torch eager fp32, the peft adapter unmerged
+  (:func:`~tte2tee_fast.adapt.adapter.attach_adapter`), 1000-step ancestral DDPM;
+- ``diffusers``: torch eager fp32, peft unmerged, diffusers' own ``DPMSolverMultistepScheduler``
+  (DPM-Solver++ 2M, its default ``linspace`` spacing) at 20 steps driving the same model;
+- ``ours``: the merged model through :func:`~tte2tee_fast.generate.backends.build_frame_fn`
+  (backend, precision and sampler as configured: the defaults of ``tte2tee generate``).
+
+For each: seconds per frame, frames/s, fidelity (per-structure Dice of the packaged segmenter
+against the conditioning masks, :mod:`tte2tee_fast.evaluate.fidelity`) and the region-mean
+error against the phantom's own frames of the same masks; ratios ``ours / reference`` and
+``ours / diffusers`` of frames/s. The reference costs ~1000 forwards per frame, so it runs on
+``n_reference`` frames only (its fidelity is then a small-sample number: said in the report).
+
+Roofline: FLOPs of one forward counted with ``torch.utils.flop_counter`` (a multiply-add = 2),
+the peak matrix-product rate of this machine measured in the same run (fp32 and bf16
+``torch.mm``), achieved GFLOP/s of each pipeline's network time, and the share of ours' time
+outside the network (loop, masks, encoding) against ``NFE x forward time``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tte2tee_fast.errors import InputError
+
+PIPELINES = ("reference", "diffusers", "ours")
+
+
+@dataclass(frozen=True)
+class E2EConfig:
+    """What ``tte2tee bench e2e`` runs."""
+
+    n: int = 8  # frames of the diffusers and ours pipelines
+    n_reference: int = 1  # frames of the 1000-step reference (~1000 forwards each)
+    reference_steps: int = 1000
+    diffusers_steps: int = 20
+    sampler: str = "unipc"
+    steps: int = 10
+    spacing: str = "karras"
+    t_min: int | None = 10
+    t_max: int | None = 979
+    backend: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    seed: int = 0
+    mask_seed: int = 0
+    model: str | None = None
+    adapter: str | None = "phantom-tee"
+    segmenter: str | None = None  # None: the packaged segmenter of the masks' schema
+    pipelines: tuple[str, ...] = PIPELINES
+
+    def __post_init__(self) -> None:
+        if min(self.n, self.n_reference, self.reference_steps, self.diffusers_steps) < 1:
+            raise InputError("bench e2e: frame counts and step counts must be >= 1")
+        unknown = [p for p in self.pipelines if p not in PIPELINES]
+        if unknown:
+            raise InputError(
+                f"bench e2e: unknown pipelines {unknown}; choose from {list(PIPELINES)}"
+            )
+
+
+QUICK = {"n": 2, "n_reference": 1, "reference_steps": 8, "diffusers_steps": 4, "steps": 4}
+
+
+def peak_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 3) -> float:
+    """The matrix-product rate of this machine now: best of ``repeats`` ``size``-cubed mm."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def forward_flops(model: torch.nn.Module, size: int, channels: int) -> int:
+    """FLOPs of one forward of one image (multiply-add = 2), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 1, size, size)
+    cond = torch.zeros(1, channels, size, size)
+    cond[:, 0] = 1
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x, torch.tensor([500]), cond)
+    return int(counter.get_total_flops())
+
+
+def _masks(config: E2EConfig, schema: str, size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The phantom masks and images of cases 0..n-1 (the same for every pipeline); below the
+    phantom's smallest size (64) drawn at 64 and subsampled (nearest: no new label values)."""
+    from tte2tee_fast.data.phantom import MIN_SIZE, case_seed, phantom_case
+
+    draw = max(size, MIN_SIZE)
+    idx = (np.arange(size) * draw) // size  # nearest source pixel
+    cases = [phantom_case(schema, size=draw, seed=case_seed(config.mask_seed, i)) for i in range(n)]
+    masks = np.stack([c.mask[np.ix_(idx, idx)] for c in cases])
+    return masks, np.stack([c.image[np.ix_(idx, idx)] for c in cases])
+
+
+def _peft_model(config: E2EConfig) -> tuple[torch.nn.Module, Any]:
+    from tte2tee_fast.adapt.adapter import attach_adapter, load_adapter_meta
+    from tte2tee_fast.adapt.merge import load_model_spec
+    from tte2tee_fast.models import load_model
+    from tte2tee_fast.packaged import resolve_asset, resolve_model_path
+
+    path = resolve_model_path(config.model)
+    model = load_model(path).float().eval()
+    if config.adapter is None:
+        return model, load_model_spec(path)
+    adapter = resolve_asset(config.adapter)
+    return attach_adapter(model, adapter), load_adapter_meta(adapter).maskr2
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x[:, 0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+
+
+def run_reference(
+    model: torch.nn.Module, spec: Any, labels: np.ndarray, config: E2EConfig
+) -> np.ndarray:
+    """(a) eager fp32, peft unmerged, ancestral DDPM over ``reference_steps`` steps."""
+    from tte2tee_fast.condition.maskr2 import remap_one_hot
+    from tte2tee_fast.generate.sample import SampleConfig, sample_batch
+
+    cond = remap_one_hot(torch.from_numpy(labels.astype(np.int64)), spec)
+    cfg = SampleConfig("ddpm", config.reference_steps, seed=config.seed, batch_size=len(labels))
+    return _to_uint8(sample_batch(model, cond, torch.arange(len(labels)), cfg))
+
+
+@torch.no_grad()
+def run_diffusers(
+    model: torch.nn.Module, spec: Any, labels: np.ndarray, config: E2EConfig
+) -> np.ndarray:
+    """(b) eager fp32, peft unmerged, diffusers' DPMSolverMultistepScheduler driving the model."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from tte2tee_fast.condition.maskr2 import remap_one_hot
+    from tte2tee_fast.diffusion import frame_noise
+
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+    )
+    scheduler.set_timesteps(config.diffusers_steps)
+    cond = remap_one_hot(torch.from_numpy(labels.astype(np.int64)), spec)
+    s = labels.shape[-1]
+    x = frame_noise(config.seed, range(len(labels)), (1, s, s)) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        eps = model(x, t.expand(x.shape[0]), cond)
+        x = scheduler.step(eps, t, x).prev_sample
+    return _to_uint8(x)
+
+
+def run_ours(frame_fn: Any, labels: np.ndarray) -> np.ndarray:
+    """(c) the frame function of ``tte2tee generate``."""
+    return frame_fn(labels, np.arange(len(labels)))
+
+
+def _fidelity(seg: Any, images: np.ndarray, masks: np.ndarray, schema: Any, name: str) -> dict:
+    from tte2tee_fast.evaluate.fidelity import fidelity_report
+    from tte2tee_fast.evaluate.frames import Frames
+
+    names = tuple(f"{name}_{i}" for i in range(len(images)))
+    report = fidelity_report(seg, Frames(images, masks, names, schema, name), n_boot=200)
+    return {
+        "mean_dice": report["mean_dice"],
+        "per_class": {k: v["mean"] for k, v in report["per_class"].items()},
+    }
+
+
+def _regions(images: np.ndarray, reference: np.ndarray, masks: np.ndarray, schema: Any) -> float:
+    from tte2tee_fast.evaluate.intensity import compare_regions
+
+    regions = compare_regions(images, reference, masks, schema)
+    return float(max(v["rel_diff"] for k, v in regions.items() if k != "outside"))
+
+
+def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
+    """Run the pipelines of ``config`` and return the result dict (see the module docstring)."""
+    from tte2tee_fast.bench.samplers import machine_info
+    from tte2tee_fast.evaluate.segment import load_segmenter
+    from tte2tee_fast.generate.backends import FrameConfig, build_frame_fn
+
+    frame_cfg = FrameConfig(
+        model=config.model,
+        adapter=config.adapter,
+        sampler=config.sampler,
+        steps=config.steps,
+        spacing=config.spacing,
+        t_min=config.t_min if config.spacing == "karras" else None,
+        t_max=config.t_max,
+        seed=config.seed,
+        backend=config.backend,
+        precision=config.precision,
+        batch_size=config.batch_size,
+    )
+    frame_fn = build_frame_fn(frame_cfg)
+    schema = frame_fn.spec.source
+    size = frame_fn.size
+    labels, phantom = _masks(config, schema.name, size, max(config.n, config.n_reference))
+    seg = load_segmenter(config.segmenter) if config.segmenter else load_segmenter(None)
+    peft_model, spec = _peft_model(config)
+    flops = forward_flops(peft_model, size, spec.num_channels)
+    runs = {
+        "reference": (
+            config.n_reference,
+            config.reference_steps,
+            lambda lab: run_reference(peft_model, spec, lab, config),
+        ),
+        "diffusers": (
+            config.n,
+            config.diffusers_steps,
+            lambda lab: run_diffusers(peft_model, spec, lab, config),
+        ),
+        "ours": (config.n, _nfe(config), lambda lab: run_ours(frame_fn, lab)),
+    }
+    rows = {}
+    for name in config.pipelines:
+        n, nfe, fn = runs[name]
+        if progress:
+            print(f"bench e2e: {name} ({n} frames, {nfe} NFE each)", flush=True)
+        lab = labels[:n]
+        t0 = time.perf_counter()
+        images = fn(lab)
+        seconds = time.perf_counter() - t0
+        rows[name] = {
+            "frames": n,
+            "nfe": nfe,
+            "seconds_per_frame": seconds / n,
+            "frames_per_s": n / seconds,
+            "achieved_gflops": flops * nfe * n / seconds / 1e9,
+            "fidelity": _fidelity(seg, images, lab, schema, name),
+            "region_max_rel_diff": _regions(images, phantom[:n], lab, schema),
+        }
+    ratios = {}
+    if "ours" in rows:
+        for other in ("reference", "diffusers"):
+            if other in rows:
+                ratios[f"ours/{other}"] = rows["ours"]["frames_per_s"] / rows[other]["frames_per_s"]
+    forward_s = _forward_seconds(frame_fn, labels[: config.batch_size], config)
+    outside = None
+    if "ours" in rows:
+        net = _nfe(config) * forward_s
+        outside = 1.0 - net / rows["ours"]["seconds_per_frame"]
+    return {
+        "config": dataclasses.asdict(config),
+        "machine": machine_info(torch.device("cpu")),
+        "ours_backend": frame_fn.info,
+        "flops_per_forward": flops,
+        "peak_gflops": {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)},
+        "ours_forward_s_per_image": forward_s,
+        "ours_share_outside_network": outside,
+        "pipelines": rows,
+        "ratios": ratios,
+        "notes": [
+            f"the reference ran {config.n_reference} frame(s) of {config.reference_steps} "
+            "steps: its fidelity is a small-sample number",
+            "ratios are frames/s of ours over the other pipeline, measured in this process",
+        ],
+    }
+
+
+def _nfe(config: E2EConfig) -> int:
+    from tte2tee_fast.diffusion.dense import sampler_plan
+
+    if config.sampler in ("ddpm", "dpmpp_2m_sde"):
+        return config.steps
+    t_min = config.t_min if config.spacing == "karras" else None
+    return sampler_plan(config.sampler, config.steps, config.spacing, 7.0, config.t_max, t_min).nfe
+
+
+def _forward_seconds(
+    frame_fn: Any, labels: np.ndarray, config: E2EConfig, repeats: int = 3
+) -> float:
+    """Seconds per image of one forward of ours' denoiser at the network batch."""
+    b = config.batch_size
+    lab = torch.from_numpy(np.resize(labels, (b, *labels.shape[1:])).astype(np.int64))
+    x = torch.randn(b, 1, *labels.shape[1:])
+    t = torch.full((b,), 500)
+    frame_fn.den(x, t, lab)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        frame_fn.den(x, t, lab)
+        best = min(best, time.perf_counter() - t0)
+    return best / b
+
+
+def markdown(result: dict) -> str:
+    """The result as a Markdown table (one row per pipeline) and the roofline lines."""
+    lines = [
+        "| pipeline | frames | NFE | s/frame | frames/s | mean Dice | max region rel. diff | GFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in result["pipelines"].items():
+        lines.append(
+            f"| {name} | {r['frames']} | {r['nfe']} | {r['seconds_per_frame']:.3f} | "
+            f"{r['frames_per_s']:.3f} | {r['fidelity']['mean_dice']['mean']:.3f} | "
+            f"{r['region_max_rel_diff']:.3f} | {r['achieved_gflops']:.1f} |"
+        )
+    lines.append("")
+    for k, v in result["ratios"].items():
+        lines.append(f"- {k}: {v:.1f}x frames/s")
+    peak = result["peak_gflops"]
+    lines.append(
+        f"- network: {result['flops_per_forward'] / 1e9:.2f} GFLOP per forward; peak mm "
+        f"{peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16 (measured now)"
+    )
+    if result["ours_share_outside_network"] is not None:
+        lines.append(
+            f"- ours: forward {result['ours_forward_s_per_image'] * 1e3:.1f} ms per image; "
+            f"{100 * result['ours_share_outside_network']:.0f} % of its time is outside the network"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Any) -> None:
+    """frames/s (log) against mean Dice, one point per pipeline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tte2tee_fast.fsutil import staged_file
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for name, r in result["pipelines"].items():
+        ax.scatter(r["frames_per_s"], r["fidelity"]["mean_dice"]["mean"], s=40)
+        ax.annotate(
+            f"{name} ({r['nfe']} NFE)", (r["frames_per_s"], r["fidelity"]["mean_dice"]["mean"])
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("frames / s (this machine)")
+    ax.set_ylabel("mean Dice (segmenter vs mask)")
+    ax.set_title("tte2tee bench e2e")
+    fig.tight_layout()
+    with staged_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_outputs(result: dict, out: Any) -> dict[str, str]:
+    """``OUT/e2e.json``, ``OUT/e2e.md`` and ``OUT/e2e.png``."""
+    from pathlib import Path
+
+    from tte2tee_fast.fsutil import write_json_atomic, write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "e2e.json", "md": out / "e2e.md", "png": out / "e2e.png"}
+    write_json_atomic(files["json"], result)
+    write_text_atomic(files["md"], markdown(result))
+    plot(result, files["png"])
+    return {k: str(v) for k, v in files.items()}
