@@ -116,6 +116,7 @@ def frames(
         )
     s = int(runner.metadata["sample_size"])
     idx = np.asarray(frame_indices, dtype=np.int64)
+    g = None if guidance == 1.0 else guidance  # the runner batches cond and null rows
     out = []
     for start in range(0, len(idx), batch_size):
         lab, fr = labels[start : start + batch_size], idx[start : start + batch_size]
@@ -132,7 +133,6 @@ def frames(
                 else _baked(runner, x_T, lab)
             )
         else:
-            g = None if guidance == 1.0 else guidance
             b = len(fr)
 
             def eps_fn(x: np.ndarray, k: int, lab: np.ndarray = lab, b: int = b) -> np.ndarray:

@@ -103,3 +103,21 @@ def test_frame_fn_is_a_function_of_the_frame_index(folders, backend) -> None:
     assert not np.array_equal(together[0], fn(masks[:1], np.array([8]))[0])  # noise per frame
     with pytest.raises(InputError, match=r"values \[9\] are not in schema 'tee'"):
         fn(np.full((1, 32, 32), 9, np.uint8), np.array([0]))
+
+
+@pytest.mark.parametrize("backend", ENGINES)
+def test_sampled_frames_of_engines_equal_torch(folders, backend) -> None:
+    """What ``tte2tee sample --backend ort|openvino`` draws equals ``--backend torch`` (same
+    seed, masks and sampler) within 1e-3 relative."""
+    from tte2tee_fast.generate.backends import sample_frames
+    from tte2tee_fast.generate.sample import SampleConfig
+
+    _, _, labels = _inputs(b=3)
+    cfg = SampleConfig("unipc", 5, spacing="karras", t_min=10, t_max=979, seed=4, batch_size=2)
+    frames = {
+        b: sample_frames(build_denoiser(str(folders[0]), str(folders[1]), b, "fp32", batch=2),
+                         labels, torch.arange(3), cfg)
+        for b in ("torch", backend)
+    }  # fmt: skip
+    err = float((frames[backend] - frames["torch"]).abs().max() / frames["torch"].abs().max())
+    assert err < 1e-3, err

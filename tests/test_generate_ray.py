@@ -25,7 +25,6 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.mark.slow
 def test_two_ray_workers_write_the_same_dataset_as_one_process(tmp_path, local_ray):
     dataset = DatasetConfig(n=10, shard_size=3)
     kw = {"split": Split(0, 1, "t"), "progress": False}

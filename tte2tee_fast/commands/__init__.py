@@ -122,7 +122,7 @@ def backend_options(command: Callable) -> Callable:
         type=click.Choice(["auto", "torch", "compile", "ort", "openvino", "trt"]),
         default="auto",
         show_default=True,
-        help="Denoiser backend; auto: the fastest installed (OpenVINO, ONNX Runtime, torch).",
+        help="Denoiser backend; auto: the fastest installed here (generate/backends.py).",
     )(command)
 
 

@@ -14,9 +14,11 @@ Precisions: ``torch`` / ``compile``: fp32, bf16 (autocast; + channels_last); ``o
 ``openvino`` are exported on first use into a cache folder (``TTE2TEE_CACHE``, default
 ``~/.cache/tte2tee-fast``) keyed by the merged model's hash, so a rerun reuses them.
 
-``auto`` (the default of ``tte2tee generate``): on CUDA, torch bf16; on a CPU, the fastest that
-keeps fp32 accuracy, measured in ``benchmarks/RESULTS.md``: OpenVINO (bf16 where the CPU has
-bf16 hardware, AVX512_BF16 or AMX, else f32), else ONNX Runtime fp32, else torch fp32.
+``auto`` (the default of ``tte2tee generate`` and ``tte2tee sample``): on CUDA, torch bf16; on a
+CPU with bf16 hardware (AVX512_BF16 or AMX), OpenVINO bf16 (21.7 ms per image at batch 8 on such
+a CPU against 60 for ONNX Runtime fp32); on other CPUs ONNX Runtime fp32 (measured faster than
+OpenVINO f32 on the AVX2-only development machine: 116 vs 161-298 ms per image at batch 8,
+``benchmarks/RESULTS.md``), then OpenVINO, then torch fp32.
 A backend whose package or device is missing fails with one line saying what to install.
 """
 
@@ -73,8 +75,9 @@ def resolve(backend: str, precision: str, device: str = "cpu") -> tuple[str, str
     if backend == "auto":
         if device.startswith("cuda"):
             backend = "torch"
-        else:
-            backend = next(b for b in ("openvino", "ort", "torch") if available(b))
+        else:  # measured order (benchmarks/RESULTS.md)
+            order = ("openvino", "ort") if cpu_has_bf16() else ("ort", "openvino")
+            backend = next(b for b in (*order, "torch") if available(b))
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose auto or one of {list(BACKENDS)}")
     if precision == "auto":
