@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.generate.masks import to_uint8
 
 PIPELINES = ("reference", "diffusers", "ours")
 
@@ -123,10 +124,6 @@ def _peft_model(config: E2EConfig) -> tuple[torch.nn.Module, Any]:
     return attach_adapter(model, adapter), load_adapter_meta(adapter).maskr2
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x[:, 0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
-
-
 def run_reference(
     model: torch.nn.Module, spec: Any, labels: np.ndarray, config: E2EConfig
 ) -> np.ndarray:
@@ -136,7 +133,7 @@ def run_reference(
 
     cond = remap_one_hot(torch.from_numpy(labels.astype(np.int64)), spec)
     cfg = SampleConfig("ddpm", config.reference_steps, seed=config.seed, batch_size=len(labels))
-    return _to_uint8(sample_batch(model, cond, torch.arange(len(labels)), cfg))
+    return to_uint8(sample_batch(model, cond, torch.arange(len(labels)), cfg))
 
 
 @torch.no_grad()
@@ -163,7 +160,7 @@ def run_diffusers(
     for t in scheduler.timesteps:
         eps = model(x, t.expand(x.shape[0]), cond)
         x = scheduler.step(eps, t, x).prev_sample
-    return _to_uint8(x)
+    return to_uint8(x)
 
 
 def run_ours(frame_fn: Any, labels: np.ndarray) -> np.ndarray:

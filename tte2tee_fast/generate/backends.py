@@ -36,6 +36,7 @@ import torch
 
 from tte2tee_fast.condition.maskr2 import MaskR2Remap, MaskR2Spec
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.generate.masks import to_uint8
 
 BACKENDS = ("torch", "compile", "ort", "openvino", "trt")
 PRECISIONS = {
@@ -123,28 +124,23 @@ class Denoiser:
 
 
 def _torch_run(model: torch.nn.Module, spec: MaskR2Spec, bf16: bool) -> Any:
-    remap = MaskR2Remap(spec)
-    device = next(model.parameters()).device
-    remap.to(device)
+    from tte2tee_fast.diffusion.guidance import cfg_eps_fn
 
-    def run(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, g: float) -> torch.Tensor:
-        cond = remap(labels)  # [B, C, H, W]
-        if g != 1.0:  # one forward over [cond; null] rows
-            x, t = torch.cat([x, x]), torch.cat([t, t])
-            cond = torch.cat([cond, torch.zeros_like(cond)]) if g != 0.0 else torch.zeros_like(cond)
-            if g == 0.0:
-                x, t = x[: labels.shape[0]], t[: labels.shape[0]]
+    remap = MaskR2Remap(spec).to(next(model.parameters()).device)
+
+    def net(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         ctx = (
             torch.autocast(x.device.type, dtype=torch.bfloat16)
             if bf16
             else contextlib.nullcontext()
         )
-        with torch.no_grad(), ctx:
-            eps = model(x, t, cond).float()
-        if g in (0.0, 1.0):
-            return eps
-        eps_c, eps_u = eps.chunk(2)
-        return eps_u + g * (eps_c - eps_u)
+        with ctx:
+            return model(x, t, cond).float()
+
+    @torch.no_grad()
+    def run(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, g: float) -> torch.Tensor:
+        # guidance as everywhere else: cond and null rows in one forward
+        return cfg_eps_fn(net, remap(labels), g)(x, t)
 
     return run
 
@@ -369,8 +365,7 @@ class FrameFn:
         self.spec.check_labels(labels, source="masks")
         lab = torch.from_numpy(labels.astype(np.int64))
         idx = torch.from_numpy(frames.astype(np.int64))
-        x = sample_frames(self.den, lab, idx, self._sample)
-        return ((x[:, 0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+        return to_uint8(sample_frames(self.den, lab, idx, self._sample))
 
 
 def build_frame_fn(config: FrameConfig) -> FrameFn:
