@@ -58,6 +58,7 @@ class E2EConfig:
     adapter: str | None = "phantom-tee"
     segmenter: str | None = None  # None: the packaged segmenter of the masks' schema
     pipelines: tuple[str, ...] = PIPELINES
+    device: str = "cpu"  # torch device of every pipeline (ours: its backend's device)
 
     def __post_init__(self) -> None:
         if min(self.n, self.n_reference, self.reference_steps, self.diffusers_steps) < 1:
@@ -72,15 +73,19 @@ class E2EConfig:
 QUICK = {"n": 2, "n_reference": 1, "reference_steps": 8, "diffusers_steps": 4, "steps": 4}
 
 
-def peak_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 3) -> float:
+def peak_gflops(
+    dtype: torch.dtype, size: int = 1024, repeats: int = 3, device: str = "cpu"
+) -> float:
     """The matrix-product rate of this machine now: best of ``repeats`` ``size``-cubed mm."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         torch.mm(a, b)
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e9
 
@@ -89,39 +94,40 @@ def forward_flops(model: torch.nn.Module, size: int, channels: int) -> int:
     """FLOPs of one forward of one image (multiply-add = 2), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(1, 1, size, size)
-    cond = torch.zeros(1, channels, size, size)
+    dev = next(model.parameters()).device
+    x = torch.randn(1, 1, size, size, device=dev)
+    cond = torch.zeros(1, channels, size, size, device=dev)
     cond[:, 0] = 1
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(x, torch.tensor([500]), cond)
+        model(x, torch.tensor([500], device=dev), cond)
     return int(counter.get_total_flops())
 
 
-def _masks(config: E2EConfig, schema: str, size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def phantom_pairs(schema: str, size: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The phantom masks and images of cases 0..n-1 (the same for every pipeline); below the
     phantom's smallest size (64) drawn at 64 and subsampled (nearest: no new label values)."""
     from tte2tee_fast.data.phantom import MIN_SIZE, case_seed, phantom_case
 
     draw = max(size, MIN_SIZE)
     idx = (np.arange(size) * draw) // size  # nearest source pixel
-    cases = [phantom_case(schema, size=draw, seed=case_seed(config.mask_seed, i)) for i in range(n)]
+    cases = [phantom_case(schema, size=draw, seed=case_seed(seed, i)) for i in range(n)]
     masks = np.stack([c.mask[np.ix_(idx, idx)] for c in cases])
     return masks, np.stack([c.image[np.ix_(idx, idx)] for c in cases])
 
 
-def _peft_model(config: E2EConfig) -> tuple[torch.nn.Module, Any]:
+def peft_model(config: E2EConfig) -> tuple[torch.nn.Module, Any]:
     from tte2tee_fast.adapt.adapter import attach_adapter, load_adapter_meta
     from tte2tee_fast.adapt.merge import load_model_spec
     from tte2tee_fast.models import load_model
     from tte2tee_fast.packaged import resolve_asset, resolve_model_path
 
     path = resolve_model_path(config.model)
-    model = load_model(path).float().eval()
+    model = load_model(path).float().eval().to(config.device)
     if config.adapter is None:
         return model, load_model_spec(path)
     adapter = resolve_asset(config.adapter)
-    return attach_adapter(model, adapter), load_adapter_meta(adapter).maskr2
+    return attach_adapter(model, adapter).to(config.device), load_adapter_meta(adapter).maskr2
 
 
 def run_reference(
@@ -131,7 +137,7 @@ def run_reference(
     from tte2tee_fast.condition.maskr2 import remap_one_hot
     from tte2tee_fast.generate.sample import SampleConfig, sample_batch
 
-    cond = remap_one_hot(torch.from_numpy(labels.astype(np.int64)), spec)
+    cond = remap_one_hot(torch.from_numpy(labels.astype(np.int64)).to(config.device), spec)
     cfg = SampleConfig("ddpm", config.reference_steps, seed=config.seed, batch_size=len(labels))
     return to_uint8(sample_batch(model, cond, torch.arange(len(labels)), cfg))
 
@@ -154,13 +160,19 @@ def run_diffusers(
         solver_order=2,
     )
     scheduler.set_timesteps(config.diffusers_steps)
-    cond = remap_one_hot(torch.from_numpy(labels.astype(np.int64)), spec)
+    cond = remap_one_hot(torch.from_numpy(labels.astype(np.int64)).to(config.device), spec)
     s = labels.shape[-1]
-    x = frame_noise(config.seed, range(len(labels)), (1, s, s)) * scheduler.init_noise_sigma
+    x = frame_noise(config.seed, range(len(labels)), (1, s, s), device=config.device)
+    x = x * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        eps = model(x, t.expand(x.shape[0]), cond)
+        eps = model(x, t.to(config.device).expand(x.shape[0]), cond)
         x = scheduler.step(eps, t, x).prev_sample
     return to_uint8(x)
+
+
+def _sync(device: Any) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def run_ours(frame_fn: Any, labels: np.ndarray) -> np.ndarray:
@@ -168,7 +180,9 @@ def run_ours(frame_fn: Any, labels: np.ndarray) -> np.ndarray:
     return frame_fn(labels, np.arange(len(labels)))
 
 
-def _fidelity(seg: Any, images: np.ndarray, masks: np.ndarray, schema: Any, name: str) -> dict:
+def fidelity_summary(
+    seg: Any, images: np.ndarray, masks: np.ndarray, schema: Any, name: str
+) -> dict:
     from tte2tee_fast.evaluate.fidelity import fidelity_report
     from tte2tee_fast.evaluate.frames import Frames
 
@@ -205,24 +219,27 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
         backend=config.backend,
         precision=config.precision,
         batch_size=config.batch_size,
+        device=config.device,
     )
     frame_fn = build_frame_fn(frame_cfg)
     schema = frame_fn.spec.source
     size = frame_fn.size
-    labels, phantom = _masks(config, schema.name, size, max(config.n, config.n_reference))
+    labels, phantom = phantom_pairs(
+        schema.name, size, max(config.n, config.n_reference), config.mask_seed
+    )
     seg = load_segmenter(config.segmenter) if config.segmenter else load_segmenter(None)
-    peft_model, spec = _peft_model(config)
-    flops = forward_flops(peft_model, size, spec.num_channels)
+    peft, spec = peft_model(config)
+    flops = forward_flops(peft, size, spec.num_channels)
     runs = {
         "reference": (
             config.n_reference,
             config.reference_steps,
-            lambda lab: run_reference(peft_model, spec, lab, config),
+            lambda lab: run_reference(peft, spec, lab, config),
         ),
         "diffusers": (
             config.n,
             config.diffusers_steps,
-            lambda lab: run_diffusers(peft_model, spec, lab, config),
+            lambda lab: run_diffusers(peft, spec, lab, config),
         ),
         "ours": (config.n, _nfe(config), lambda lab: run_ours(frame_fn, lab)),
     }
@@ -241,7 +258,7 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
             "seconds_per_frame": seconds / n,
             "frames_per_s": n / seconds,
             "achieved_gflops": flops * nfe * n / seconds / 1e9,
-            "fidelity": _fidelity(seg, images, lab, schema, name),
+            "fidelity": fidelity_summary(seg, images, lab, schema, name),
             "region_max_rel_diff": _regions(images, phantom[:n], lab, schema),
         }
     ratios = {}
@@ -256,10 +273,13 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
         outside = 1.0 - net / rows["ours"]["seconds_per_frame"]
     return {
         "config": dataclasses.asdict(config),
-        "machine": machine_info(torch.device("cpu")),
+        "machine": machine_info(torch.device(config.device)),
         "ours_backend": frame_fn.info,
         "flops_per_forward": flops,
-        "peak_gflops": {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)},
+        "peak_gflops": {
+            "fp32": peak_gflops(torch.float32, device=config.device),
+            "bf16": peak_gflops(torch.bfloat16, device=config.device),
+        },
         "ours_forward_s_per_image": forward_s,
         "ours_share_outside_network": outside,
         "pipelines": rows,
@@ -286,14 +306,17 @@ def _forward_seconds(
 ) -> float:
     """Seconds per image of one forward of ours' denoiser at the network batch."""
     b = config.batch_size
-    lab = torch.from_numpy(np.resize(labels, (b, *labels.shape[1:])).astype(np.int64))
-    x = torch.randn(b, 1, *labels.shape[1:])
-    t = torch.full((b,), 500)
+    dev = frame_fn.den.device
+    lab = torch.from_numpy(np.resize(labels, (b, *labels.shape[1:])).astype(np.int64)).to(dev)
+    x = torch.randn(b, 1, *labels.shape[1:], device=dev)
+    t = torch.full((b,), 500, device=dev)
     frame_fn.den(x, t, lab)
     best = float("inf")
     for _ in range(repeats):
+        _sync(dev)
         t0 = time.perf_counter()
         frame_fn.den(x, t, lab)
+        _sync(dev)
         best = min(best, time.perf_counter() - t0)
     return best / b
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tte2tee_fast.commands import backend_options, karras_options, model_option
+from tte2tee_fast.commands import backend_options, device_option, karras_options, model_option
 
 
 @click.group("bench")
@@ -342,6 +342,7 @@ def bench_denoiser_cmd(
 @click.option(
     "--quick", is_flag=True, help="A smoke run: 2 frames, 8-step reference, 4-step others."
 )
+@device_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def bench_e2e_cmd(
     model_dir: str | None,
@@ -357,6 +358,7 @@ def bench_e2e_cmd(
     pipelines: str,
     segmenter: str | None,
     quick: bool,
+    device: str,
     out_dir: str,
 ) -> None:
     """Reference (eager fp32, peft unmerged, DDPM 1000) vs diffusers-style (DPMSolver 20) vs
@@ -384,6 +386,7 @@ def bench_e2e_cmd(
         adapter=adapter,
         segmenter=segmenter,
         pipelines=tuple(p.strip() for p in pipelines.split(",") if p.strip()),
+        device=device,
     )
     if engine is not None:
         raise click.UsageError("bench e2e exports its own engines; --engine is not used here")

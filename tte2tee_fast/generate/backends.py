@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tte2tee_fast.condition.maskr2 import MaskR2Remap, MaskR2Spec
+from tte2tee_fast.condition.maskr2 import MaskR2Remap, MaskR2Spec, load_spec
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.generate.masks import to_uint8
 
@@ -116,6 +116,7 @@ class Denoiser:
     size: int
     info: dict  # JSON-able: hashes, backend, precision, engine path
     _run: Any  # (x, t, labels, guidance) -> eps
+    device: str = "cpu"  # where its inputs should live (engines: host arrays, so cpu)
 
     def __call__(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance: float = 1.0
@@ -221,9 +222,8 @@ def build_denoiser(
             net = net.to(memory_format=torch.channels_last)
         if backend == "compile":
             net = torch.compile(net)
-        return Denoiser(
-            backend, precision, spec, size, info, _torch_run(net, spec, precision == "bf16")
-        )
+        run = _torch_run(net, spec, precision == "bf16")
+        return Denoiser(backend, precision, spec, size, info, run, device)
     if device != "cpu" and backend != "trt":
         raise InputError(f"backend {backend!r} runs on the CPU here; use --device cpu")
     path = Path(engine) if engine else None
@@ -278,6 +278,7 @@ class FrameConfig:
     batch_size: int = 8
     device: str = "cpu"
     engine: str | None = None
+    remap: str | None = None  # a MaskR² spec (file or name) for masks in another schema
 
     def sample_config(self) -> Any:
         from tte2tee_fast.generate.sample import SampleConfig
@@ -296,13 +297,19 @@ class FrameConfig:
 
 
 def sample_frames(
-    den: Denoiser, labels: torch.Tensor, frames: torch.Tensor, config: Any, progress: bool = False
+    den: Denoiser,
+    labels: torch.Tensor,
+    frames: torch.Tensor,
+    config: Any,
+    progress: bool = False,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """Frames ``[N, 1, H, W]`` in [-1, 1] for label maps ``[N, H, W]`` (source schema) and their
     global frame indices ``[N]`` (a :class:`~tte2tee_fast.generate.sample.SampleConfig`: sampler,
     steps, guidance, seed, batch size), in network batches of ``config.batch_size``. A short
     last batch is padded by repeating its last frame, so the network always runs the same batch
-    size and frame ``i`` does not depend on which frames share its batch."""
+    size and frame ``i`` does not depend on which frames share its batch. ``clamp=False``: the
+    sampler's raw output (for ODE-error measurements)."""
     import dataclasses
 
     from tqdm.auto import tqdm
@@ -320,12 +327,12 @@ def sample_frames(
         disable=not progress,
     )
     for start in range(0, labels.shape[0], b):
-        lab, idx = labels[start : start + b], frames[start : start + b]
+        lab, idx = labels[start : start + b].to(den.device), frames[start : start + b]
         n = lab.shape[0]
         if n < b:  # pad: the same batch size every time
             lab = torch.cat([lab, lab[-1:].expand(b - n, *lab.shape[1:])])
             idx = torch.cat([idx, idx[-1:].expand(b - n)])
-        out.append(sample_with(model_fn, lab, idx, plain)[:n])
+        out.append(sample_with(model_fn, lab, idx, plain, clamp=clamp)[:n])
         bar.update(n)
     bar.close()
     return torch.cat(out)
@@ -353,6 +360,22 @@ class FrameFn:
             "batch_size": config.batch_size,
             "seed": config.seed,
         }
+        if config.remap is not None:  # the spec's content, not its file name, counts
+            import hashlib
+            import json
+
+            text = json.dumps(self.spec.to_json(), sort_keys=True).encode()
+            self.info["maskr2_sha256"] = hashlib.sha256(text).hexdigest()
+        if config.sampler.startswith("plan:"):  # the plan's content, not its file name, counts
+            import hashlib
+            import json
+
+            from tte2tee_fast.diffusion.dense import load_plan
+
+            plan = load_plan(config.sampler[len("plan:") :]).to_json()
+            text = json.dumps(plan, sort_keys=True).encode()
+            self.info |= {"steps": None, "nfe": len(plan["timesteps"])}
+            self.info["plan_sha256"] = hashlib.sha256(text).hexdigest()
 
     def __call__(self, labels: np.ndarray, frames: np.ndarray) -> np.ndarray:
         labels, frames = np.asarray(labels), np.asarray(frames)
@@ -380,5 +403,6 @@ def build_frame_fn(config: FrameConfig) -> FrameFn:
         batch=config.batch_size,  # engines compile static shapes at the network batch
         device=config.device,
         engine=config.engine,
+        spec=None if config.remap is None else load_spec(config.remap),
     )
     return FrameFn(den, config)

@@ -51,4 +51,5 @@ def load_masks(source: str, n: int, size: int, seed: int = 0, view: str | None =
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """``[N, 1, H, W]`` in [-1, 1] -> ``[N, H, W]`` uint8 (round half away, clipped)."""
-    return ((images[:, 0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+    u8 = ((images[:, 0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return u8.cpu().numpy()
