@@ -11,7 +11,7 @@ _SEGMENTER_HELP = "Segmenter folder or packaged name [default: the packaged segm
 def _schema_option(command):
     return click.option(
         "--schema",
-        type=click.Choice(["tee", "tte"]),
+        type=click.Choice(["tee", "tte", "tee-alt"]),
         default=None,
         help="Label schema of the frames [default: card.json, report.json, else the segmenter's].",
     )(command)
@@ -199,6 +199,12 @@ def segmenter_cmd(
     show_default=True,
     help="Bootstrap resamples over frames for the 95 % interval.",
 )
+@click.option(
+    "--remap",
+    default=None,
+    help="MaskR² spec (JSON file or built-in name) from the masks' schema to the segmenter's, "
+    "for masks in another format (e.g. tte2tee_fast/assets/maskr2/tee-alt-to-tee.json).",
+)
 @_threads_option
 @_json_option
 def fidelity_cmd(
@@ -208,6 +214,7 @@ def fidelity_cmd(
     n: int | None,
     seed: int,
     bootstrap: int,
+    remap: str | None,
     threads: int,
     json_path: str | None,
 ) -> None:
@@ -220,11 +227,15 @@ def fidelity_cmd(
     Examples:
       tte2tee evaluate fidelity --frames runs/s
       tte2tee evaluate fidelity --frames phantom-tee --n 64 --json runs/fid-phantom.json
+      tte2tee evaluate fidelity --frames runs/gen-alt \
+        --remap tte2tee_fast/assets/maskr2/tee-alt-to-tee.json
     """
     from tte2tee_fast.evaluate.fidelity import evaluate_fidelity, format_fidelity
 
     _threads(threads)
-    report = evaluate_fidelity(frames, segmenter, schema, n=n, seed=seed, n_boot=bootstrap)
+    report = evaluate_fidelity(
+        frames, segmenter, schema, n=n, seed=seed, n_boot=bootstrap, remap=remap
+    )
     _emit(report, json_path, format_fidelity(report))
 
 

@@ -32,7 +32,8 @@ from tte2tee_fast.commands import backend_options, device_option
     "--sampler",
     default="unipc",
     show_default=True,
-    help="ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc.",
+    help="ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc, or plan:FILE|NAME "
+    "(a learned plan: tte2tee tune-plan; packaged: plan:phantom-tee-nfe4; --steps unused).",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option(
@@ -80,9 +81,15 @@ from tte2tee_fast.commands import backend_options, device_option
 @click.option("--augment", is_flag=True, help="Random affine + elastic transform per frame.")
 @click.option(
     "--schema",
-    type=click.Choice(["tte", "tee", "camus"]),
+    type=click.Choice(["tte", "tee", "tee-alt", "camus"]),
     default=None,
     help="Label schema of a mask folder without card.json.",
+)
+@click.option(
+    "--remap",
+    default=None,
+    help="MaskR² spec (JSON file) from the masks' schema to the model's channels, in place of "
+    "the adapter's own (masks in another label order or schema).",
 )
 @click.option(
     "--value-map",
@@ -128,6 +135,7 @@ def generate_cmd(
     shard_size: int,
     augment: bool,
     schema: str | None,
+    remap: str | None,
     value_map: str | None,
     split: str | None,
     plan: bool,
@@ -145,6 +153,8 @@ def generate_cmd(
       tte2tee generate --out runs/tee-64
       tte2tee generate --masks phantom:tte:a2c --adapter none --n 1000 --out runs/a2c
       tte2tee generate --masks my_masks/ --schema tee --n 5000 --format png --out runs/mine
+      tte2tee generate --masks alt_masks/ --schema tee-alt \
+        --remap tte2tee_fast/assets/maskr2/tee-alt.json --out runs/alt
       tte2tee generate --n 100000 --shard 3/8 --out /shared/tee-100k
       tte2tee generate --n 100000 --ray --workers 4 --out runs/tee-100k
       tte2tee generate --n 100000 --plan --out runs/tee-100k
@@ -180,6 +190,7 @@ def generate_cmd(
         batch_size=batch_size,
         device=device,
         engine=engine,
+        remap=remap,
     )
     runner = resolve_split(split)
     if runner.count > 1:

@@ -3,6 +3,9 @@
 ``tte``   CAMUS-derived 5-channel scheme of the semantic echo work (the base model's layout).
 ``tee``   mid-oesophageal four-chamber view (no myocardium label, as in 2508.13077).
 ``camus`` the raw CAMUS ground truth (no cone).
+``tee-alt`` the TEE structures in another value order (LV before LA, RV before RA), as some
+          annotation tools export them: the held-out mask format of the MaskR² check (issue 15
+          item 7), sent to the adapter by ``assets/maskr2/tee-alt.json``.
 """
 
 from __future__ import annotations
@@ -87,6 +90,21 @@ TEE = LabelSchema(
     ),
 )
 
+# the same structures and colours as TEE, stored in another value order
+TEE_ALT = LabelSchema(
+    name="tee-alt",
+    names=("outside", "background", "lv", "la", "rv", "ra"),
+    values=(0, 1, 2, 3, 4, 5),
+    colors=(
+        (0, 0, 0),
+        (40, 40, 40),
+        (220, 50, 50),
+        (60, 110, 230),
+        (200, 60, 220),
+        (240, 200, 40),
+    ),
+)
+
 CAMUS = LabelSchema(
     name="camus",
     names=("background", "lv", "myocardium", "la"),
@@ -94,7 +112,7 @@ CAMUS = LabelSchema(
     colors=((0, 0, 0), (220, 50, 50), (50, 200, 80), (60, 110, 230)),
 )
 
-SCHEMAS: dict[str, LabelSchema] = {s.name: s for s in (TTE, TEE, CAMUS)}
+SCHEMAS: dict[str, LabelSchema] = {s.name: s for s in (TTE, TEE, CAMUS, TEE_ALT)}
 
 
 def get_schema(name: str) -> LabelSchema:

@@ -13,6 +13,10 @@ which :func:`train_and_validate` records beside the weights.
 
 >>> report = evaluate_fidelity("runs/s")  # tte2tee sample output  # doctest: +SKIP
 >>> report["per_class"]["rv"]["mean"], report["per_class"]["rv"]["ci95"]  # doctest: +SKIP
+
+Frames whose masks are in another schema than the segmenter's (a held-out mask format, e.g.
+``tee-alt``) are scored through ``remap``: a MaskR² spec from the frames' schema to the
+segmenter's (``assets/maskr2/tee-alt-to-tee.json``), applied to the masks before the Dice.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tte2tee_fast.condition.maskr2 import MaskR2Spec, load_spec
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.evaluate.frames import Frames, load_frames
 from tte2tee_fast.evaluate.segment import (
@@ -63,8 +68,31 @@ def check_schema(frames: Frames, seg: Segmenter) -> None:
         raise InputError(
             f"{frames.source}: frames are in schema {a.name!r} {list(a.names)}, the segmenter "
             f"{seg.path or ''} was trained on {b.name!r} {list(b.names)}; pass --segmenter of "
-            "that schema"
+            f"that schema, or --remap with a MaskR² spec from {a.name!r} to {b.name!r}"
         )
+
+
+def relabel_frames(frames: Frames, spec: MaskR2Spec) -> Frames:
+    """``frames`` with their masks sent through ``spec`` into its target schema.
+
+    The spec's source must be the frames' schema; its target has values ``0..C-1`` (checked
+    when the spec is built), so channel ``c`` is target value ``c`` and the lookup table is a
+    value map. A mask value the source schema lacks is refused with one line.
+    """
+    if (frames.schema.names, frames.schema.values) != (spec.source.names, spec.source.values):
+        raise InputError(
+            f"{frames.source}: frames are in schema {frames.schema.name!r} but the --remap spec "
+            f"{spec.name!r} maps {spec.source.name!r} labels"
+        )
+    spec.check_labels(frames.masks, source=frames.source)
+    lut = spec.lookup_table().numpy().astype(np.uint8)  # [V] source value -> target value
+    return Frames(
+        images=frames.images,
+        masks=lut[frames.masks],  # [N, H, W]
+        names=frames.names,
+        schema=spec.target,
+        source=frames.source,
+    )
 
 
 def fidelity_scores(seg: Segmenter, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -105,13 +133,20 @@ def evaluate_fidelity(
     n: int | None = None,
     seed: int = 0,
     n_boot: int = 1000,
+    remap: str | Path | None = None,
 ) -> dict:
-    """Load the segmenter and the frame set ``frames`` and return :func:`fidelity_report`."""
+    """Load the segmenter and the frame set ``frames`` and return :func:`fidelity_report`;
+    ``remap`` (a MaskR² spec file or built-in name) relabels the masks into the segmenter's
+    schema first (:func:`relabel_frames`)."""
+    spec = None if remap is None else load_spec(remap)  # a bad spec fails before any loading
     seg = load_segmenter(segmenter)
     data = load_frames(
         frames, schema, default_schema=seg.schema.name, n=n, seed=seed, size=seg.config.size
     )
-    return fidelity_report(seg, data, n_boot=n_boot, seed=seed)
+    if spec is None:
+        return fidelity_report(seg, data, n_boot=n_boot, seed=seed)
+    report = fidelity_report(seg, relabel_frames(data, spec), n_boot=n_boot, seed=seed)
+    return {**report, "mask_schema": data.schema.name, "remap": spec.name}
 
 
 def format_fidelity(report: dict) -> str:

@@ -322,7 +322,7 @@ def prepare(
         raise InputError(
             f"masks {dataset.masks!r} are in the {source.schema.name!r} schema but the model "
             f"(MaskR² spec {spec.name!r}) takes {spec.source.name!r} masks; pass other --masks, "
-            "--schema/--value-map, or another --adapter"
+            "--schema/--value-map, a --remap spec from that schema, or another --adapter"
         )
     digest = check_masks(source)
     conf = configuration(dataset, frame_config, frame_fn.info, digest)
