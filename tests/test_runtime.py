@@ -79,6 +79,30 @@ def test_runtime_with_guidance(engine) -> None:
     assert _rel(got, want) < 1e-3
 
 
+def test_runtime_runs_a_plan_file_like_the_torch_pipeline(engine, tmp_path) -> None:
+    # a plan whose coefficients are not any named sampler's (as a learned plan's are)
+    import dataclasses
+
+    from tte2tee_fast.export.ort import OrtDenoiser
+    from tte2tee_fast.export.runtime import frames
+
+    from tte2tee_fast.diffusion.dense import load_plan
+
+    root, path = engine
+    base = sampler_plan("unipc", 3, **KARRAS)
+    coef = np.asarray(base.coef) * (1 + 0.05 * np.tril(np.ones_like(base.coef)))
+    coef[0] = base.coef[0]  # evaluation 0 is x_T
+    learned = dataclasses.replace(base, name="learned", coef=tuple(map(tuple, coef.tolist())))
+    learned.save(tmp_path / "p.json")
+    want = _torch_pipeline(root, path, f"plan:{tmp_path / 'p.json'}", 0)
+    got = frames(
+        OrtDenoiser(path, threads=1), _labels(), range(N), load_plan(tmp_path / "p.json"), 7,
+        batch_size=4,
+    )  # fmt: skip
+    assert _rel(got, want) < 1e-3
+    assert _rel(got, _torch_pipeline(root, path, "unipc", 3, **KARRAS)) > 1e-2  # not unipc's
+
+
 def test_baked_graph_equals_the_runtime_loop(engine) -> None:
     from tte2tee_fast.export.ort import OrtDenoiser
     from tte2tee_fast.export.runtime import frames

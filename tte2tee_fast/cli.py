@@ -20,6 +20,7 @@ from tte2tee_fast.commands.evaluate import evaluate_group
 from tte2tee_fast.commands.export import export_group
 from tte2tee_fast.commands.generate import generate_cmd
 from tte2tee_fast.commands.model import info_cmd, sample_cmd, train_cmd
+from tte2tee_fast.commands.plan import tune_plan_cmd
 from tte2tee_fast.errors import InputError
 
 
@@ -66,6 +67,7 @@ for _command in (
     phantom_cmd,
     sample_cmd,
     train_cmd,
+    tune_plan_cmd,
 ):
     main.add_command(_command)
 

@@ -42,3 +42,17 @@ def resolve_asset(name_or_path: str | Path) -> Path:
 def resolve_model_path(model: str | Path | None) -> Path:
     """``model`` as a folder path or packaged name, or the packaged base model when None."""
     return packaged_path(DEFAULT_MODEL) if model is None else resolve_asset(model)
+
+
+def packaged_plans() -> list[str]:
+    """Names of the packaged learned step plans (``--sampler plan:NAME``)."""
+    folder = ASSETS / "plans"
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def plan_file(name_or_path: str | Path) -> Path:
+    """A plan file path as given, or the packaged plan of that name (``phantom-tee-nfe4``) when
+    no such file exists."""
+    path = Path(name_or_path)
+    packaged = ASSETS / "plans" / f"{name_or_path}.json"
+    return packaged if not path.exists() and packaged.is_file() else path

@@ -171,7 +171,8 @@ def train_cmd(out_dir: str, resume: bool, device: str, **options) -> None:
     "--sampler",
     default="ddim",
     show_default=True,
-    help="ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc.",
+    help="ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc, or plan:FILE|NAME "
+    "(a learned plan: tte2tee tune-plan; packaged: plan:phantom-tee-nfe4; --steps unused).",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option(

@@ -26,7 +26,6 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,12 +145,16 @@ class DensePlan:
 
 
 def load_plan(path: str | os.PathLike) -> DensePlan:
-    """Read a plan file (JSON, :meth:`DensePlan.to_json`)."""
-    path = Path(path)
+    """Read a plan file (JSON, :meth:`DensePlan.to_json`), or the packaged plan of that name."""
+    from tte2tee_fast.packaged import packaged_plans, plan_file
+
+    path = plan_file(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise InputError(f"plan file {path} does not exist") from None
+        raise InputError(
+            f"plan file {path} does not exist (packaged plans: {', '.join(packaged_plans()) or 'none'})"
+        ) from None
     except json.JSONDecodeError as e:
         raise InputError(f"plan file {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     return DensePlan.from_json(data, where=f"plan file {path}")

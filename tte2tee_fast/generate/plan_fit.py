@@ -1,0 +1,95 @@
+"""``tte2tee tune-plan`` as a library call: the denoiser of a backend, the (noise, mask) pairs
+of a mask source, the teacher trajectories in the cache, and one fitted plan per NFE
+(the method: :mod:`tte2tee_fast.training.plan_tune`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tte2tee_fast.diffusion.dense import DensePlan
+from tte2tee_fast.errors import InputError
+from tte2tee_fast.generate.backends import build_denoiser, cache_dir
+from tte2tee_fast.generate.sources import open_mask_source
+from tte2tee_fast.training.plan_tune import (
+    TeacherConfig,
+    TuneConfig,
+    teacher_trajectories,
+    tune_plan,
+)
+
+# denoiser info that says where or how it runs, not which network: not part of a teacher's key
+_NOT_IDENTITY = ("engine", "batch_size", "threads")
+
+
+def plan_outputs(out: str | Path, nfes: tuple[int, ...]) -> list[Path]:
+    """Where each NFE's plan goes: ``out`` itself for one NFE and a ``.json`` name, else
+    ``out/nfe<K>.json``."""
+    out = Path(out)
+    if out.suffix == ".json":
+        if len(nfes) != 1:
+            raise InputError(
+                f"--out {out} is one file but {len(nfes)} NFEs were asked: give a folder"
+            )
+        return [out]
+    return [out / f"nfe{k}.json" for k in nfes]
+
+
+def tune_plans(
+    out: str | Path,
+    nfes: tuple[int, ...],
+    model_dir: str | None = None,
+    adapter: str | None = "phantom-tee",
+    masks: str = "phantom:tee",
+    pairs: int = 48,
+    train: int = 32,
+    teacher_sampler: str = "unipc",
+    teacher_steps: int = 200,
+    teacher_dir: str | None = None,
+    t_min: int = 10,
+    t_max: int = 979,
+    sweeps: int = 3,
+    guidance: float = 1.0,
+    seed: int = 1000,
+    backend: str = "auto",
+    precision: str = "auto",
+    engine: str | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[tuple[Path, DensePlan]]:
+    """Fit one plan per NFE in ``nfes`` and write them (see ``tte2tee tune-plan --help``)."""
+    paths = plan_outputs(out, nfes)
+    if train >= pairs:
+        raise InputError(f"--train {train} must be below --pairs {pairs} (the rest validate)")
+    tune = [TuneConfig(nfe=k, train=train, t_min=t_min, sweeps=sweeps) for k in nfes]
+    adapter = None if adapter is not None and adapter.lower() == "none" else adapter
+    den = build_denoiser(model_dir, adapter, backend, precision, batch=batch_size, engine=engine)
+    source = open_mask_source(masks, den.size, seed=seed)
+    source.schema  # noqa: B018 - a folder of another schema fails here, before the teacher
+    labels = np.stack([source.mask(i)[0] for i in range(pairs)]).astype(np.int64)  # [N, S, S]
+    den.spec.check_labels(labels, source=f"masks {masks}")
+    identity = {k: v for k, v in den.info.items() if k not in _NOT_IDENTITY}
+    identity |= {"guidance": guidance, "masks": masks}
+    teacher = TeacherConfig(teacher_sampler, teacher_steps, "trailing", t_max, seed, batch_size)
+    if teacher_dir is None:
+        digest = hashlib.sha256(
+            json.dumps([identity, teacher.sampler, teacher.steps, t_max, seed, pairs]).encode()
+        ).hexdigest()[:16]
+        teacher_dir = str(cache_dir() / "teachers" / digest)
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        return den(x, t, lab, guidance)
+
+    traj = teacher_trajectories(eps_fn, labels, teacher, teacher_dir, identity, progress)
+    written = []
+    for path, config in zip(paths, tune, strict=True):
+        info = {"model": identity, "teacher": {"folder": teacher_dir, **teacher.__dict__}}
+        plan = tune_plan(eps_fn, traj, config, batch_size, info, progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plan.save(path)
+        written.append((path, plan))
+    return written
