@@ -1,0 +1,78 @@
+"""``tte2tee bench fewstep`` on a micro model: every method runs on the same held-out masks and
+noise, the ODE error is measured against the teacher's converged solution, and the files are
+written (a smoke run: no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import error_line
+from test_adapter import make_adapter, micro_base
+
+from tte2tee_fast.bench.fewstep import (
+    FewStepConfig,
+    bench_fewstep,
+    default_methods,
+    method_nfe,
+    write_outputs,
+)
+from tte2tee_fast.cli import main
+from tte2tee_fast.diffusion.dense import sampler_plan
+from tte2tee_fast.errors import InputError
+from tte2tee_fast.models import save_model
+
+pytest.importorskip("monai")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_bench_fewstep_on_a_micro_model(tmp_path) -> None:
+    base = micro_base(2)
+    save_model(base, tmp_path / "base")
+    make_adapter(base, tmp_path / "lora", preset="mlp", rank=1)
+    plan = tmp_path / "p.json"
+    sampler_plan("unipc", 3, "karras", t_max=979, t_min=10).save(plan)
+    config = FewStepConfig(
+        methods=("ddpm:4", "unipc:3", f"plan:{plan}", "unipc:8"),
+        n=4,
+        n_ddpm=2,
+        n_real=4,
+        model=str(tmp_path / "base"),
+        adapter=str(tmp_path / "lora"),
+        teacher_steps=16,
+        backend="torch",
+        precision="fp32",
+        batch_size=2,
+        teacher_dir=str(tmp_path / "teacher"),
+    )
+    result = bench_fewstep(config, progress=False)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["phantom", *config.methods]
+    assert rows["ddpm:4"]["frames"] == 2 and rows["ddpm:4"]["stochastic"]
+    assert [rows[m]["nfe"] for m in config.methods] == [4, 3, 3, 8]
+    # the plan file is unipc's own plan: the same frames, the same error
+    assert rows[f"plan:{plan}"]["rel_rmse"] == pytest.approx(rows["unipc:3"]["rel_rmse"], rel=1e-5)
+    # more steps of a convergent solver land closer to the 16-step solution
+    assert rows["unipc:8"]["rel_rmse"] < rows["unipc:3"]["rel_rmse"]
+    for r in result["rows"]:
+        assert 0.0 <= r["fidelity"]["mean_dice"]["mean"] <= 1.0 and np.isfinite(r["kid"]["mean"])
+    files = write_outputs(result, tmp_path / "out")
+    assert json.loads(open(files["json"]).read())["rows"][1]["method"] == "ddpm:4"
+    assert "| unipc:8 | 8 |" in open(files["md"]).read()
+    assert (tmp_path / "out" / "fidelity_vs_nfe.png").stat().st_size > 0
+
+
+def test_methods_are_checked_and_defaults_name_packaged_plans() -> None:
+    with pytest.raises(InputError, match="SAMPLER:STEPS"):
+        FewStepConfig(methods=("unipc",))
+    with pytest.raises(InputError, match="SAMPLER:STEPS"):
+        FewStepConfig(methods=("magic:4",))
+    assert method_nfe("heun:3") == 5 and method_nfe("ddpm:1000") == 1000
+    methods = default_methods("phantom-tee")
+    assert methods[:2] == ("ddpm:1000", "unipc:10")
+    for m in methods:
+        assert not m.startswith("plan:") or "phantom-tee-nfe" in m
+    res = CliRunner().invoke(main, ["bench", "fewstep", "--methods", "x:1", "--out", "unused"])
+    error_line(res, "x:1")
