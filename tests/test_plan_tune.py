@@ -105,6 +105,14 @@ def test_tuned_plan_runs_to_the_error_it_reports_and_beats_its_start(tmp_path) -
     assert src["history"][0]["train_rel_rmse"] == src["train_rel_rmse_initial_grid"]
     # least squares on the frame can only lower the error of unipc's own last row
     assert src["val_rel_rmse"] < 1.0 and np.isfinite(src["val_rel_rmse_unipc_karras"])
+    # a search started from the found timesteps stays there and fits the same rows
+    again = tune_plan(
+        toy_eps, traj, TuneConfig(3, 6, init=plan.timesteps, sweeps=0), 5, None, False
+    )
+    assert again.timesteps == plan.timesteps
+    np.testing.assert_allclose(np.asarray(again.coef), np.asarray(plan.coef), rtol=1e-9)
+    with pytest.raises(InputError, match="not 3"):
+        TuneConfig(3, 6, init=(979, 10))
     with pytest.raises(InputError, match="leave none to validate"):
         tune_plan(toy_eps, traj, TuneConfig(nfe=3, train=10), 5, progress=False)
 

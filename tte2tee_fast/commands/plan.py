@@ -59,7 +59,19 @@ def _nfes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
 )
 @click.option("--t-min", type=click.IntRange(min=0, max=998), default=10, show_default=True)
 @click.option("--t-max", type=click.IntRange(min=1, max=999), default=979, show_default=True)
-@click.option("--sweeps", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option(
+    "--sweeps",
+    type=click.IntRange(min=0),
+    default=6,
+    show_default=True,
+    help="Most timestep-search sweeps (it stops at a sweep that moves nothing).",
+)
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start the timestep search from this plan's timesteps (one --nfe of its size).",
+)
 @click.option(
     "--guidance", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="CFG scale."
 )

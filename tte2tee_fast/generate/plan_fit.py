@@ -52,7 +52,8 @@ def tune_plans(
     teacher_dir: str | None = None,
     t_min: int = 10,
     t_max: int = 979,
-    sweeps: int = 3,
+    sweeps: int = 6,
+    init: str | None = None,
     guidance: float = 1.0,
     seed: int = 1000,
     backend: str = "auto",
@@ -65,7 +66,16 @@ def tune_plans(
     paths = plan_outputs(out, nfes)
     if train >= pairs:
         raise InputError(f"--train {train} must be below --pairs {pairs} (the rest validate)")
-    tune = [TuneConfig(nfe=k, train=train, t_min=t_min, sweeps=sweeps) for k in nfes]
+    start = None
+    if init is not None:
+        from tte2tee_fast.diffusion.dense import load_plan
+
+        start = load_plan(init).timesteps
+        if len(nfes) != 1 or len(start) != nfes[0]:
+            raise InputError(
+                f"--init {init} has {len(start)} timesteps: give it with one --nfe {len(start)}"
+            )
+    tune = [TuneConfig(nfe=k, train=train, t_min=t_min, sweeps=sweeps, init=start) for k in nfes]
     adapter = None if adapter is not None and adapter.lower() == "none" else adapter
     den = build_denoiser(model_dir, adapter, backend, precision, batch=batch_size, engine=engine)
     source = open_mask_source(masks, den.size, seed=seed)

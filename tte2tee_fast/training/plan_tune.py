@@ -20,7 +20,8 @@ and a lower-triangular table ``coef`` ``[K + 1][K + 1]``: the input of evaluatio
    no backpropagation: the teacher-forced form of the trajectory matching of BNS / LD3 (which
    backpropagate through the network end to end; not done here).
 3. **Timesteps** (:func:`tune_plan`): coordinate descent on the teacher grid from the karras
-   grid (rho 7, down to ``t_min``) that ``tte2tee generate`` uses by default, each candidate
+   grid (rho 7, down to ``t_min``) that ``tte2tee generate`` uses by default (or from the
+   timesteps of an earlier plan), each candidate
    scored by the training pairs' relative RMSE of the frame; the prefix of a candidate that did
    not change is not recomputed. Held-out pairs (other masks, other noise) give the validation
    error, beside the same error of unipc on the karras grid at the same NFE.
@@ -247,15 +248,20 @@ class TuneConfig:
     train: int = 32  # the first `train` pairs fit; the remaining pairs validate
     t_min: int = 10  # last timestep of the initial karras grid
     rho: float = 7.0
-    offsets: tuple[int, ...] = (1, 3, 8)  # teacher-grid moves tried per timestep and sweep
-    sweeps: int = 3
+    offsets: tuple[int, ...] = (1, 3, 8, 20)  # teacher-grid moves tried per timestep and sweep
+    sweeps: int = 6  # at most; the search stops at the first sweep that moves nothing
     tol: float = 1e-5  # an accepted move must lower the training error by this much
+    init: tuple[int, ...] | None = None  # start from these timesteps (e.g. an earlier plan's)
 
     def __post_init__(self) -> None:
         if self.nfe < 1:
             raise InputError(f"a plan needs at least 1 network evaluation, got nfe={self.nfe}")
         if self.train < 1:
             raise InputError(f"need at least 1 training pair, got {self.train}")
+        if self.init is not None and len(self.init) != self.nfe:
+            raise InputError(
+                f"initial timesteps {list(self.init)} are not {self.nfe} (the plan's NFE)"
+            )
 
 
 def snap(timesteps: Sequence[int], grid: Sequence[int]) -> list[int]:
@@ -296,7 +302,7 @@ def plan_error(eps_fn: EpsFn, traj: Trajectories, pairs: slice, plan: DensePlan,
         for lo, hi in _batches(labels.shape[0], b):
             lab = torch.from_numpy(labels[lo:hi])
             t_b = [torch.full((hi - lo,), t, dtype=torch.long) for t in plan.timesteps]
-            x = torch.from_numpy(np.ascontiguousarray(x_T[lo:hi]))[:, None]
+            x = torch.from_numpy(np.array(x_T[lo:hi], dtype=np.float32))[:, None]
             out = run_dense_plan(lambda xk, k, lab=lab, t_b=t_b: eps_fn(xk, t_b[k], lab), x, plan)
             outs.append(out[:, 0].numpy())
     return rel_rmse(np.concatenate(outs), traj.states[-1, pairs])
@@ -322,9 +328,14 @@ def tune_plan(
     abar = cosine_alphas_cumprod(1000)
     if config.nfe > len(grid):
         raise InputError(f"NFE {config.nfe} needs a teacher of at least {config.nfe} steps")
-    init_ts = spaced_timesteps(abar, config.nfe, "karras", config.rho, grid[0], config.t_min)
+    if config.init is not None:
+        init_ts = list(config.init)
+    else:
+        init_ts = spaced_timesteps(
+            abar, config.nfe, "karras", config.rho, grid[0], config.t_min
+        ).tolist()
     student = _Student(eps_fn, traj, slice(0, config.train), batch_size, abar)
-    idx = snap(init_ts.tolist(), grid)
+    idx = snap(init_ts, grid)
     best = init = student.error(idx)
     moves = [s * o for o in config.offsets for s in (-1, 1)]
     bar = tqdm(
