@@ -57,6 +57,18 @@ def test_real_phantom_frames_score_high(seg, real):
         assert lo <= report["per_class"][name]["mean"] <= hi
 
 
+def test_packaged_tte_segmenter_scores_tte_phantom_frames_high_and_noise_low():
+    tte = load_segmenter("segmenter-tte")
+    assert tte.schema.name == "tte"
+    frames = phantom_frames("tte", 12, seed=5, size=128)  # not its training (1) / held-out (2)
+    report = fidelity_report(tte, frames)
+    assert report["mean_dice"]["mean"] > 0.85, report
+    assert set(report["per_class"]) == {"lv_cavity", "lv_myocardium", "la"}
+    noise = np.random.default_rng(0).integers(0, 256, frames.images.shape).astype(np.uint8)
+    low = fidelity_report(tte, Frames(noise, frames.masks, frames.names, frames.schema, "noise"))
+    assert low["mean_dice"]["mean"] < 0.5, low
+
+
 def test_report_matches_numpy_dice_of_the_predictions(seg, real):
     pred = predict(seg, real.images)
     report = fidelity_report(seg, real, n_boot=50)

@@ -11,8 +11,8 @@ counter-based noise. Per method:
   ``x*`` of the same clamped ODE from the same ``x_T`` (the teacher of
   :mod:`tte2tee_fast.training.plan_tune`, unipc 200 steps); for DDPM (stochastic, another
   process) it is reported but is not an ODE error;
-- fidelity: per-structure Dice of the packaged segmenter against the conditioning masks, with
-  the phantom's own frames of the same masks as the ceiling row;
+- fidelity: per-structure Dice of the packaged segmenter of the masks' schema against the
+  conditioning masks, with the phantom's own frames of the same masks as the ceiling row;
 - realism: KID on the segmenter's encoder features against phantom frames of other cases;
 - region means: the largest relative difference of a structure's mean gray value from the
   phantom's frames of the same masks (outside the cone excluded);
@@ -118,6 +118,19 @@ def method_nfe(method: str) -> int:
     return model_calls(name, steps)
 
 
+def packaged_segmenter(schema: str) -> str:
+    """The packaged segmenter of ``schema`` (``segmenter-tee``, ``segmenter-tte``)."""
+    from tte2tee_fast.packaged import ASSETS
+
+    name = f"segmenter-{schema}"
+    if not (ASSETS / name / "config.json").is_file():
+        raise InputError(
+            f"no packaged segmenter for {schema!r} frames: train one (tte2tee evaluate segmenter "
+            f"--data phantom-{schema} --schema {schema} --out DIR) and pass --segmenter DIR"
+        )
+    return name
+
+
 def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
     """Run every method of ``config`` (module docstring) and return the result dict."""
     from tte2tee_fast.bench.e2e import fidelity_summary, phantom_pairs
@@ -134,7 +147,7 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
     schema = den.spec.source
     masks, phantom = phantom_pairs(schema.name, den.size, config.n, config.mask_seed)
     _, real = phantom_pairs(schema.name, den.size, config.n_real, config.mask_seed + 1)
-    seg = load_segmenter(config.segmenter)
+    seg = load_segmenter(config.segmenter or packaged_segmenter(schema.name))
     real_feats = encoder_features(seg, real)
     identity = {k: v for k, v in den.info.items() if k not in ("engine", "batch_size")}
 

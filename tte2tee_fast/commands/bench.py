@@ -417,7 +417,9 @@ def bench_e2e_cmd(
 )
 @backend_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--segmenter", default=None, help="Segmenter folder [default: the packaged one].")
+@click.option(
+    "--segmenter", default=None, help="Segmenter folder [default: the packaged one of the schema]."
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def bench_fewstep_cmd(
     model_dir: str | None,
