@@ -5,6 +5,7 @@ CLI with a micro model through generate and the torch-free runtime."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -217,6 +218,23 @@ def test_packaged_plan_names_resolve_and_unknown_names_list_them(tmp_path) -> No
 
     with pytest.raises(InputError, match="packaged plans"):
         load_plan("no-such-plan")
-    for name in packaged_plans():
+    from tte2tee_fast.generate.backends import build_denoiser
+
+    merged = {
+        a: build_denoiser(None, a, "torch", "fp32").info["merged_hash"]
+        for a in ("phantom-tee", None)
+    }
+    assert {n.rsplit("-nfe", 1)[0] for n in packaged_plans()} <= {"phantom-tee", "phantom-tte"}
+    for name in packaged_plans():  # each made for the packaged model it is named after
         plan = load_plan(name)
-        assert plan.nfe >= 1 and plan.source["model"]["merged_hash"]
+        adapter = "phantom-tee" if name.startswith("phantom-tee") else None
+        assert plan.nfe == int(name.rsplit("nfe", 1)[1])
+        assert plan.source["model"]["merged_hash"] == merged[adapter], name
+
+
+def test_a_plan_tuned_for_another_model_warns(tmp_path) -> None:
+    from tte2tee_fast.generate.backends import FrameConfig, build_frame_fn
+
+    cfg = FrameConfig(model=_micro(tmp_path), adapter=None, backend="torch", precision="fp32")
+    with pytest.warns(UserWarning, match="tuned for another model"):
+        build_frame_fn(dataclasses.replace(cfg, sampler="plan:phantom-tee-nfe4"))

@@ -373,6 +373,16 @@ class FrameFn:
             from tte2tee_fast.diffusion.dense import load_plan
 
             plan = load_plan(config.sampler[len("plan:") :]).to_json()
+            made_for = ((plan.get("source") or {}).get("model") or {}).get("merged_hash")
+            if made_for is not None and made_for != den.info.get("merged_hash"):
+                import warnings
+
+                warnings.warn(
+                    f"plan {config.sampler[len('plan:') :]} was tuned for another model (merged "
+                    f"hash {made_for[:12]}, this one {str(den.info.get('merged_hash'))[:12]}): "
+                    "its coefficients may not fit; tune one with tte2tee tune-plan",
+                    stacklevel=2,
+                )
             text = json.dumps(plan, sort_keys=True).encode()
             self.info |= {"steps": None, "nfe": len(plan["timesteps"])}
             self.info["plan_sha256"] = hashlib.sha256(text).hexdigest()
