@@ -56,6 +56,10 @@ def test_bench_fewstep_on_a_micro_model(tmp_path) -> None:
     assert rows[f"plan:{plan}"]["rel_rmse"] == pytest.approx(rows["unipc:3"]["rel_rmse"], rel=1e-5)
     # more steps of a convergent solver land closer to the 16-step solution
     assert rows["unipc:8"]["rel_rmse"] < rows["unipc:3"]["rel_rmse"]
+    # DDPM's frames are the first n_ddpm: its own score on them is its full score
+    assert rows["ddpm:4"]["fidelity_ddpm_frames"] == rows["ddpm:4"]["fidelity"]["mean_dice"]
+    with pytest.raises(InputError, match="n_ddpm <= n"):
+        FewStepConfig(n=4, n_ddpm=5)
     for r in result["rows"]:
         assert 0.0 <= r["fidelity"]["mean_dice"]["mean"] <= 1.0 and np.isfinite(r["kid"]["mean"])
     files = write_outputs(result, tmp_path / "out")
