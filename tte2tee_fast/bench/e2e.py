@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tte2tee_fast.bench.samplers import sync
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.generate.masks import to_uint8
 
@@ -82,10 +83,10 @@ def peak_gflops(
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e9
 
@@ -168,11 +169,6 @@ def run_diffusers(
         eps = model(x, t.to(config.device).expand(x.shape[0]), cond)
         x = scheduler.step(eps, t, x).prev_sample
     return to_uint8(x)
-
-
-def _sync(device: Any) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize(device)
 
 
 def run_ours(frame_fn: Any, labels: np.ndarray) -> np.ndarray:
@@ -313,10 +309,10 @@ def _forward_seconds(
     frame_fn.den(x, t, lab)
     best = float("inf")
     for _ in range(repeats):
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         frame_fn.den(x, t, lab)
-        _sync(dev)
+        sync(dev)
         best = min(best, time.perf_counter() - t0)
     return best / b
 

@@ -90,21 +90,16 @@ def parse_method(text: str) -> tuple[str, int | None]:
 
 
 def sample_config(method: str, seed: int, batch_size: int) -> Any:
-    """The :class:`~tte2tee_fast.generate.sample.SampleConfig` of ``method`` (module docstring)."""
+    """The :class:`~tte2tee_fast.generate.sample.SampleConfig` of ``method`` (module docstring):
+    ``tte2tee generate``'s grid for the deterministic samplers and plans."""
+    from tte2tee_fast.generate.backends import FrameConfig
     from tte2tee_fast.generate.sample import SampleConfig
 
     name, steps = parse_method(method)
     if name == "ddpm":
         return SampleConfig("ddpm", steps, seed=seed, batch_size=batch_size)
-    return SampleConfig(
-        name,
-        steps or 1,
-        spacing="karras",
-        seed=seed,
-        batch_size=batch_size,
-        t_max=979,
-        t_min=10,
-    )
+    frame = FrameConfig(sampler=name, seed=seed, batch_size=batch_size)
+    return (frame if steps is None else dataclasses.replace(frame, steps=steps)).sample_config()
 
 
 def method_nfe(method: str) -> int:
@@ -138,7 +133,9 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
     from tte2tee_fast.evaluate.intensity import compare_regions
     from tte2tee_fast.evaluate.realism import encoder_features, kernel_inception_distance
     from tte2tee_fast.evaluate.segment import load_segmenter
-    from tte2tee_fast.generate.backends import build_denoiser, cache_dir, sample_frames
+    from tte2tee_fast.generate.backends import build_denoiser, sample_frames
+    from tte2tee_fast.generate.plan_fit import teacher_folder
+    from tte2tee_fast.generate.shards import identity
     from tte2tee_fast.training.plan_tune import TeacherConfig, rel_rmse, teacher_trajectories
 
     den = build_denoiser(
@@ -149,7 +146,7 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
     _, real = phantom_pairs(schema.name, den.size, config.n_real, config.mask_seed + 1)
     seg = load_segmenter(config.segmenter or packaged_segmenter(schema.name))
     real_feats = encoder_features(seg, real)
-    identity = {k: v for k, v in den.info.items() if k not in ("engine", "batch_size")}
+    ident = identity(den.info)
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         return den(x, t, lab)
@@ -157,12 +154,9 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
     teacher = TeacherConfig(
         steps=config.teacher_steps, seed=config.seed, batch_size=config.batch_size
     )
-    folder = config.teacher_dir or cache_dir() / "teachers" / (
-        f"fewstep-{identity['merged_hash'][:12]}-m{config.mask_seed}-s{config.seed}-n{config.n}"
-        f"-{config.teacher_steps}"
-    )
     labels = masks.astype(np.int64)
-    ode = teacher_trajectories(eps_fn, labels, teacher, folder, identity, progress).solution
+    folder = config.teacher_dir or teacher_folder(ident, teacher, labels)
+    ode = teacher_trajectories(eps_fn, labels, teacher, folder, ident, progress).solution
 
     m = config.n_ddpm
 

@@ -244,8 +244,9 @@ def rel_rmse(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(xd - rd) / torch.linalg.vector_norm(rd))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync(device: torch.device | str) -> None:
+    """Wait for ``device``'s queued work (CUDA); nothing elsewhere. Before reading a clock."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -279,7 +280,7 @@ def run_sampler(
     )
     n = cond.shape[0]
     outs, counted = [], set()
-    _sync(cond.device)
+    sync(cond.device)
     start = time.perf_counter()
     for lo in range(0, n, config.batch_size):
         counter: list[NFECounter] = []
@@ -292,7 +293,7 @@ def run_sampler(
         idx = torch.arange(lo, hi)  # frame indices: the counter-based noise of frames lo..hi-1
         outs.append(sample_batch(model, cond[lo:hi], idx, sconf, schedule, wrap, clamp=False))
         counted.add(counter[0].nfe)
-    _sync(cond.device)
+    sync(cond.device)
     seconds = time.perf_counter() - start
     if len(counted) != 1:
         raise RuntimeError(f"{name}: batches of one run counted different NFEs {sorted(counted)}")

@@ -49,6 +49,19 @@ def model_option(
     )
 
 
+def merged_adapter_option(command: Callable) -> Callable:
+    """``--adapter``: a LoRA adapter merged in memory, the packaged ``phantom-tee`` by default,
+    ``none`` (passed on as ``None``) for the bare model; shared by ``generate``, ``tune-plan``
+    and ``bench fewstep``."""
+    return click.option(
+        "--adapter",
+        default="phantom-tee",
+        show_default=True,
+        callback=lambda _ctx, _param, value: None if value.lower() == "none" else value,
+        help="LoRA adapter folder or packaged name, merged in memory; 'none' for the bare model.",
+    )(command)
+
+
 def device_option(command: Callable) -> Callable:
     """``--device``: a torch device name."""
     return click.option(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from tte2tee_fast.commands import backend_options, device_option, karras_options, model_option
+from tte2tee_fast.commands import (
+    backend_options,
+    device_option,
+    karras_options,
+    merged_adapter_option,
+    model_option,
+)
 
 
 @click.group("bench")
@@ -400,7 +406,7 @@ def bench_e2e_cmd(
 
 @bench_group.command("fewstep")
 @model_option()
-@click.option("--adapter", default="phantom-tee", show_default=True, help="'none': the bare model.")
+@merged_adapter_option
 @click.option(
     "--methods",
     default=None,
@@ -423,7 +429,7 @@ def bench_e2e_cmd(
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def bench_fewstep_cmd(
     model_dir: str | None,
-    adapter: str,
+    adapter: str | None,
     methods: str | None,
     n: int,
     n_ddpm: int,
@@ -455,18 +461,17 @@ def bench_fewstep_cmd(
 
     if engine is not None:
         raise click.UsageError("bench fewstep exports its own engines; --engine is not used here")
-    adapter_name = None if adapter.lower() == "none" else adapter
     chosen = (
         tuple(m.strip() for m in methods.split(",") if m.strip())
         if methods
-        else default_methods(adapter_name)
+        else default_methods(adapter)
     )
     config = FewStepConfig(
         methods=chosen,
         n=n,
         n_ddpm=n_ddpm,
         model=model_dir,
-        adapter=adapter_name,
+        adapter=adapter,
         mask_seed=seed,
         seed=seed,
         teacher_steps=teacher_steps,

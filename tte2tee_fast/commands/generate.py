@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tte2tee_fast.commands import backend_options, device_option
+from tte2tee_fast.commands import backend_options, device_option, merged_adapter_option
 
 
 @click.command("generate")
@@ -15,12 +15,7 @@ from tte2tee_fast.commands import backend_options, device_option
     type=click.Path(path_type=str),
     help="Base model folder or packaged name [default: the packaged phantom-tte].",
 )
-@click.option(
-    "--adapter",
-    default="phantom-tee",
-    show_default=True,
-    help="LoRA adapter folder or packaged name, merged in memory; 'none' for the bare model.",
-)
+@merged_adapter_option
 @click.option(
     "--masks",
     default="phantom:tee",
@@ -116,7 +111,7 @@ from tte2tee_fast.commands import backend_options, device_option
 )
 def generate_cmd(
     model_dir: str | None,
-    adapter: str,
+    adapter: str | None,
     masks: str,
     n: int,
     sampler: str,
@@ -177,7 +172,7 @@ def generate_cmd(
     )
     frame_config = FrameConfig(
         model=model_dir,
-        adapter=None if adapter.lower() == "none" else adapter,
+        adapter=adapter,
         sampler=sampler,
         steps=steps,
         guidance=guidance,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tte2tee_fast.commands import backend_options, model_option
+from tte2tee_fast.commands import backend_options, merged_adapter_option, model_option
 
 
 def _nfes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -19,12 +19,7 @@ def _nfes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
 
 @click.command("tune-plan")
 @model_option()
-@click.option(
-    "--adapter",
-    default="phantom-tee",
-    show_default=True,
-    help="LoRA adapter folder or packaged name, merged in memory; 'none' for the bare model.",
-)
+@merged_adapter_option
 @click.option(
     "--masks",
     default="phantom:tee",

@@ -37,6 +37,7 @@ import torch
 from tte2tee_fast.condition.maskr2 import MaskR2Remap, MaskR2Spec, load_spec
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.generate.masks import to_uint8
+from tte2tee_fast.generate.shards import config_hash
 
 BACKENDS = ("torch", "compile", "ort", "openvino", "trt")
 PRECISIONS = {
@@ -162,14 +163,11 @@ def _engine_run(runner: Any) -> Any:
 def engine_file(merged: torch.nn.Module, spec: MaskR2Spec, meta: dict, batch: int | None) -> Path:
     """The cached ONNX engine of ``merged`` (exported on first use, atomically), keyed by the
     base, adapter and merged hashes, the MaskR² spec and the batch."""
-    import hashlib
-    import json
-
     from tte2tee_fast.export.onnx_export import export_denoiser
 
     key = {k: meta[k] for k in ("model_hash", "adapter_hash", "merged_hash", "batch")}
     key["maskr2"] = spec.to_json()
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    digest = config_hash(key)[:20]
     path = cache_dir() / "engines" / f"{digest}.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -361,15 +359,8 @@ class FrameFn:
             "seed": config.seed,
         }
         if config.remap is not None:  # the spec's content, not its file name, counts
-            import hashlib
-            import json
-
-            text = json.dumps(self.spec.to_json(), sort_keys=True).encode()
-            self.info["maskr2_sha256"] = hashlib.sha256(text).hexdigest()
+            self.info["maskr2_sha256"] = config_hash(self.spec.to_json())
         if config.sampler.startswith("plan:"):  # the plan's content, not its file name, counts
-            import hashlib
-            import json
-
             from tte2tee_fast.diffusion.dense import load_plan
 
             plan = load_plan(config.sampler[len("plan:") :]).to_json()
@@ -383,9 +374,8 @@ class FrameFn:
                     "its coefficients may not fit; tune one with tte2tee tune-plan",
                     stacklevel=2,
                 )
-            text = json.dumps(plan, sort_keys=True).encode()
             self.info |= {"steps": None, "nfe": len(plan["timesteps"])}
-            self.info["plan_sha256"] = hashlib.sha256(text).hexdigest()
+            self.info["plan_sha256"] = config_hash(plan)
 
     def __call__(self, labels: np.ndarray, frames: np.ndarray) -> np.ndarray:
         labels, frames = np.asarray(labels), np.asarray(frames)

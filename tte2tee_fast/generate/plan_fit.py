@@ -4,8 +4,7 @@ of a mask source, the teacher trajectories in the cache, and one fitted plan per
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +13,22 @@ import torch
 from tte2tee_fast.diffusion.dense import DensePlan
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.generate.backends import build_denoiser, cache_dir
+from tte2tee_fast.generate.shards import config_hash, identity
 from tte2tee_fast.generate.sources import open_mask_source
 from tte2tee_fast.training.plan_tune import (
     TeacherConfig,
     TuneConfig,
+    labels_digest,
     teacher_trajectories,
     tune_plan,
 )
 
-# denoiser info that says where or how it runs, not which network: not part of a teacher's key
-_NOT_IDENTITY = ("engine", "batch_size", "threads")
+
+def teacher_folder(ident: dict, teacher: TeacherConfig, labels: np.ndarray) -> Path:
+    """The cache folder of ``teacher``'s trajectories for the network ``ident`` (its
+    :func:`~tte2tee_fast.generate.shards.identity`) and ``labels``: one per what makes them."""
+    key = [ident, dataclasses.asdict(teacher) | {"batch_size": None}, labels_digest(labels)]
+    return cache_dir() / "teachers" / config_hash(key)[:16]
 
 
 def plan_outputs(out: str | Path, nfes: tuple[int, ...]) -> list[Path]:
@@ -76,28 +81,21 @@ def tune_plans(
                 f"--init {init} has {len(start)} timesteps: give it with one --nfe {len(start)}"
             )
     tune = [TuneConfig(nfe=k, train=train, t_min=t_min, sweeps=sweeps, init=start) for k in nfes]
-    adapter = None if adapter is not None and adapter.lower() == "none" else adapter
     den = build_denoiser(model_dir, adapter, backend, precision, batch=batch_size, engine=engine)
     source = open_mask_source(masks, den.size, seed=seed)
-    source.schema  # noqa: B018 - a folder of another schema fails here, before the teacher
     labels = np.stack([source.mask(i)[0] for i in range(pairs)]).astype(np.int64)  # [N, S, S]
     den.spec.check_labels(labels, source=f"masks {masks}")
-    identity = {k: v for k, v in den.info.items() if k not in _NOT_IDENTITY}
-    identity |= {"guidance": guidance, "masks": masks}
+    ident = identity(den.info) | {"guidance": guidance, "masks": masks}
     teacher = TeacherConfig(teacher_sampler, teacher_steps, "trailing", t_max, seed, batch_size)
-    if teacher_dir is None:
-        digest = hashlib.sha256(
-            json.dumps([identity, teacher.sampler, teacher.steps, t_max, seed, pairs]).encode()
-        ).hexdigest()[:16]
-        teacher_dir = str(cache_dir() / "teachers" / digest)
+    teacher_dir = str(teacher_dir or teacher_folder(ident, teacher, labels))
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         return den(x, t, lab, guidance)
 
-    traj = teacher_trajectories(eps_fn, labels, teacher, teacher_dir, identity, progress)
+    traj = teacher_trajectories(eps_fn, labels, teacher, teacher_dir, ident, progress)
     written = []
     for path, config in zip(paths, tune, strict=True):
-        info = {"model": identity, "teacher": {"folder": teacher_dir, **teacher.__dict__}}
+        info = {"model": ident, "teacher": {"folder": teacher_dir, **teacher.__dict__}}
         plan = tune_plan(eps_fn, traj, config, batch_size, info, progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         plan.save(path)

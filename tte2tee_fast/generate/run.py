@@ -37,6 +37,7 @@ from tte2tee_fast.generate.shards import (
     Shard,
     commit_shard,
     finalize,
+    identity,
     open_output,
     plan_shards,
     read_manifest,
@@ -55,8 +56,6 @@ from tte2tee_fast.generate.writers import (
 # FrameConfig fields that never change a frame's bytes, or that the resolved engine info
 # (model_hash, adapter_hash, backend, precision) identifies better than the option text
 _NOT_HASHED = ("batch_size", "model", "adapter", "backend", "precision", "engine")
-# engine info keys that say where or how fast, not what: kept out of the hash and frame JSON
-_NOT_IDENTITY = ("batch_size", "engine")
 _QUEUE_DEPTH = 2  # batches in flight between the threads
 
 
@@ -119,7 +118,7 @@ def configuration(
     """The hashed configuration: dataset options, frame options that change frames, the
     resolved engine info and the mask source's fingerprint."""
     frame = {k: v for k, v in dataclasses.asdict(frame_config).items() if k not in _NOT_HASHED}
-    engine = {k: v for k, v in dict(info).items() if k not in _NOT_IDENTITY}
+    engine = identity(info)
     data = dataclasses.asdict(dataset)
     data["value_map"] = None if dataset.value_map is None else dict(dataset.value_map)
     return {"dataset": data, "frame": frame, "engine": engine, "masks_sha256": masks_sha256}
@@ -284,7 +283,7 @@ def run_shards(
 def _frame_meta(frame_config: Any, info: Mapping[str, Any], source) -> dict:
     """The JSON of every frame (plus its index and mask id): what made it, not how it is
     stored, so a frame's bytes are the same whatever the format's shard layout."""
-    meta = {k: v for k, v in dict(info).items() if k not in _NOT_IDENTITY}
+    meta = identity(info)
     meta.update({"seed": int(frame_config.seed), "mask_source": source.description})
     return meta
 

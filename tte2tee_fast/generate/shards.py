@@ -26,7 +26,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,10 +77,20 @@ def plan_shards(n: int, shard_size: int, fmt: str) -> list[Shard]:
     ]
 
 
-def config_hash(configuration: dict[str, Any]) -> str:
+def config_hash(configuration: Any) -> str:
     """sha256 of the canonical JSON of ``configuration``."""
     text = json.dumps(configuration, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# engine info keys that say where or how fast, not what: kept out of hashes and frame JSON
+NOT_IDENTITY = ("batch_size", "engine")
+
+
+def identity(info: Mapping[str, Any]) -> dict[str, Any]:
+    """``info`` (a denoiser's or frame function's) without the keys of :data:`NOT_IDENTITY`:
+    what makes the frames, the same on every machine."""
+    return {k: v for k, v in dict(info).items() if k not in NOT_IDENTITY}
 
 
 def temp_path(final: Path) -> Path:

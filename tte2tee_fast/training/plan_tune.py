@@ -85,7 +85,8 @@ class Trajectories:
         return self.states[-1]
 
 
-def _labels_digest(labels: np.ndarray) -> str:
+def labels_digest(labels: np.ndarray) -> str:
+    """sha256 of label maps as int64 bytes: which masks a teacher solved for."""
     return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
 
 
@@ -117,7 +118,7 @@ def teacher_trajectories(
         "identity": identity,
         "config": asdict(config) | {"batch_size": None},  # batch size never changes a state
         "timesteps": list(plan.timesteps),
-        "labels_sha256": _labels_digest(labels),
+        "labels_sha256": labels_digest(labels),
         "shape": [n, h, w],
     }
     meta_path, states_path = folder / "teacher.json", folder / "states.npy"
@@ -211,19 +212,15 @@ class _Student:
         evaluations at teacher grid points ``grid_idx`` (``grid_idx[0] = 0``: ``t_max``)."""
         states, ts = self.traj.states, self.traj.timesteps
         x_T = np.asarray(states[0, self.pairs])
-        feats, rows = [x_T], [np.ones(1)]
+        feats, rows = [x_T], []
         for k in range(len(grid_idx)):
             prefix = tuple(grid_idx[: k + 1])
-            if prefix not in self.cache:
-                if k == 0:
-                    x = x_T
-                else:
-                    row = _lstsq(feats, states[grid_idx[k], self.pairs])
-                    x = sum(c * f for c, f in zip(row, feats, strict=True)).astype(np.float32)
-                self.cache[prefix] = (rows[-1] if k == 0 else row, self.predict(x, ts[prefix[-1]]))
+            if prefix not in self.cache:  # row k (evaluation 0 starts at x_T), then its D_k
+                row = np.ones(1) if k == 0 else _lstsq(feats, states[grid_idx[k], self.pairs])
+                x = sum(c * f for c, f in zip(row, feats, strict=True)).astype(np.float32)
+                self.cache[prefix] = (row, self.predict(x, ts[prefix[-1]]))
             row, d = self.cache[prefix]
-            if k > 0:
-                rows.append(row)
+            rows.append(row)
             feats.append(d)
         last = _lstsq(feats, states[-1, self.pairs])
         rows.append(last)
