@@ -209,6 +209,10 @@ def test_cli_refusals(tmp_path) -> None:
 
     error_line(invoke("--nfe", "3,4", "--out", str(tmp_path / "p.json")), "one file", "2 NFEs")
     error_line(invoke("--pairs", "8", "--train", "8", "--out", str(tmp_path / "p")), "--train 8")
+    # TTE masks for the TEE adapter: their values are all valid TEE values, the schema is not
+    wrong = invoke("--masks", "phantom:tte", "--backend", "torch", "--out", str(tmp_path / "p"))
+    error_line(wrong, "'tte' schema", "'tee' masks")
+    assert not (tmp_path / "p").exists()
     bad = invoke("--nfe", "x", "--out", str(tmp_path / "p"))
     assert bad.exit_code == 2 and "expected NFEs" in bad.output
 

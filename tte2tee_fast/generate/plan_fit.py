@@ -14,7 +14,7 @@ from tte2tee_fast.diffusion.dense import DensePlan
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.generate.backends import build_denoiser, cache_dir
 from tte2tee_fast.generate.shards import config_hash, identity
-from tte2tee_fast.generate.sources import open_mask_source
+from tte2tee_fast.generate.sources import open_mask_source, require_schema
 from tte2tee_fast.training.plan_tune import (
     TeacherConfig,
     TuneConfig,
@@ -83,6 +83,7 @@ def tune_plans(
     tune = [TuneConfig(nfe=k, train=train, t_min=t_min, sweeps=sweeps, init=start) for k in nfes]
     den = build_denoiser(model_dir, adapter, backend, precision, batch=batch_size, engine=engine)
     source = open_mask_source(masks, den.size, seed=seed)
+    require_schema(source, den.spec, masks)
     labels = np.stack([source.mask(i)[0] for i in range(pairs)]).astype(np.int64)  # [N, S, S]
     den.spec.check_labels(labels, source=f"masks {masks}")
     ident = identity(den.info) | {"guidance": guidance, "masks": masks}

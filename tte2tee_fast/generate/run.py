@@ -44,7 +44,7 @@ from tte2tee_fast.generate.shards import (
     shard_files,
     temp_path,
 )
-from tte2tee_fast.generate.sources import check_masks, open_mask_source
+from tte2tee_fast.generate.sources import check_masks, open_mask_source, require_schema
 from tte2tee_fast.generate.writers import (
     FORMATS,
     NpzShardWriter,
@@ -317,12 +317,7 @@ def prepare(
     source = open_mask_source(
         dataset.masks, size, int(frame_config.seed), dataset.augment, dataset.schema, vmap
     )
-    if source.schema.name != spec.source.name:
-        raise InputError(
-            f"masks {dataset.masks!r} are in the {source.schema.name!r} schema but the model "
-            f"(MaskR² spec {spec.name!r}) takes {spec.source.name!r} masks; pass other --masks, "
-            "--schema/--value-map, a --remap spec from that schema, or another --adapter"
-        )
+    require_schema(source, spec, dataset.masks)
     digest = check_masks(source)
     conf = configuration(dataset, frame_config, frame_fn.info, digest)
     shards = plan_shards(dataset.n, dataset.shard_size, dataset.format)

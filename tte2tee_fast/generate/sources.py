@@ -31,12 +31,15 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from tte2tee_fast.data.schemas import LabelSchema
 from tte2tee_fast.errors import InputError
+
+if TYPE_CHECKING:
+    from tte2tee_fast.condition.maskr2 import MaskR2Spec
 
 PHANTOM_PREFIX = "phantom:"
 MASK_EXTS = (".png", ".bmp", ".tif", ".tiff")  # lossless only
@@ -259,6 +262,17 @@ def open_mask_source(
     fmt = "camus" if detect_format(root) == "camus" else "folder"
     opener = _camus_masks if fmt == "camus" else _folder_masks
     return opener(root, size, int(seed), bool(augment), schema, value_map)
+
+
+def require_schema(source: PhantomMasks | FileMasks, spec: MaskR2Spec, masks: str) -> None:
+    """InputError unless ``source``'s masks are in the schema that MaskR² ``spec`` reads (values
+    alone do not tell: TTE values are a subset of TEE's)."""
+    if source.schema.name != spec.source.name:
+        raise InputError(
+            f"masks {masks!r} are in the {source.schema.name!r} schema but the model "
+            f"(MaskR² spec {spec.name!r}) takes {spec.source.name!r} masks; pass other --masks, "
+            "--schema/--value-map, a --remap spec from that schema, or another --adapter"
+        )
 
 
 def check_masks(source: PhantomMasks | FileMasks) -> str:
