@@ -57,8 +57,9 @@ class BenchSize:
 
     def sync(self) -> None:
         """Wait for the device, so a timed call includes its kernels."""
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        from tte2tee_fast.bench.samplers import sync
+
+        sync(self.device)
 
 
 def bench_device() -> str:
