@@ -33,6 +33,7 @@ fastest engine of the machine.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -384,4 +385,4 @@ def tune_plan(
         "val_rel_rmse_unipc_karras": base_err,
         "seconds": time.perf_counter() - start,
     }
-    return DensePlan(plan.name, plan.timesteps, plan.alpha, plan.sigma, plan.coef, info)
+    return dataclasses.replace(plan, source=info)
