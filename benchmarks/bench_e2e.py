@@ -1,5 +1,5 @@
 """Frames end to end, ours: :func:`tte2tee_fast.generate.backends.build_frame_fn` (what
-``tte2tee generate`` runs: merged model, unipc with karras spacing, MaskR² inside, uint8 frames
+``tte2tee generate`` runs: merged model, unipc on its trailing grid from t = 999, MaskR² inside, uint8 frames
 out) on one batch of masks, against the diffusers-style pipeline of ``tte2tee bench e2e``
 (:func:`tte2tee_fast.bench.e2e.run_diffusers`: eager fp32, peft unmerged, diffusers'
 DPMSolverMultistepScheduler at 20 steps; smoke: 4) on the same masks and noise, in the same

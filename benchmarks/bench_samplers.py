@@ -1,7 +1,8 @@
 """The sampler loop per sampler at one NFE budget, on the same masks and counter-based noise:
 :func:`tte2tee_fast.bench.samplers.run_sampler` (the loop ``tte2tee bench samplers`` times) with
 the step count :func:`~tte2tee_fast.bench.samplers.steps_for_nfe` gives each sampler for the
-budget, karras spacing from t = 979 to t = 10 as ``tte2tee generate`` samples. The network is
+budget, karras spacing from t = 979 to t = 10 (``tte2tee bench samplers``' grid; the loop costs
+the same on ``tte2tee generate``'s trailing grid from t = 999). The network is
 the packaged ``phantom-tte`` base (full: 10 NFE, batch 8) or a random ``micro`` model (smoke:
 4 NFE, batch 2). Accuracy per NFE is ``tte2tee bench samplers``' job; this times the loop.
 

@@ -220,10 +220,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="unipc", help=f"{', '.join(DETERMINISTIC)} or plan:FILE")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument(
-        "--spacing", default="karras", choices=("trailing", "leading", "linspace", "karras")
+        "--spacing", default="trailing", choices=("trailing", "leading", "linspace", "karras")
     )
     p.add_argument("--t-min", type=int, default=10, help="karras only (default 10)")
-    p.add_argument("--t-max", type=int, default=979)
+    p.add_argument("--t-max", type=int, default=999, help="first timestep (generate's: 999)")
     p.add_argument("--rho", type=float, default=7.0)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

@@ -30,11 +30,11 @@ from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import from_preset, model_hash
 
 
-def micro_base(seed: int = 0) -> nn.Module:
+def micro_base(seed: int = 0, **overrides) -> nn.Module:
     """A micro SemanticUNet whose zero-initialised output convs are re-initialised, so every
-    layer (and every LoRA on it) changes the output."""
+    layer (and every LoRA on it) changes the output (``overrides``: preset fields)."""
     torch.manual_seed(seed)
-    model = from_preset("micro")
+    model = from_preset("micro", **overrides)
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.reset_parameters()

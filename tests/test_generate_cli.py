@@ -43,12 +43,14 @@ def test_cli_defaults_plan_resume_and_refusal(tmp_path, fake_backend):
     assert result.exit_code == 0, result.output
     assert "wrote 10 frames in 3 shards" in result.output and "dataset complete" in result.output
     config = fake_backend[-1]
-    assert (config.sampler, config.steps, config.adapter, config.model) == (
-        "unipc",
+    # the CLI defaults reach the frame config (auto resolves in FrameFn: test_auto_sampler.py)
+    assert (config.sampler, config.steps, config.spacing, config.t_max) == (
+        "auto",
         10,
-        "phantom-tee",
-        None,
+        "trailing",
+        999,
     )
+    assert (config.adapter, config.model) == ("phantom-tee", None)
     again = invoke("--n", "10", "--shard-size", "4", "--batch-size", "3", "--out", out)
     assert "wrote 0 frames" in again.output and "3 shards were already there" in again.output
     error_line(invoke("--n", "12", "--shard-size", "4", "--out", out), "dataset.n: 10 -> 12")

@@ -91,7 +91,7 @@ def test_heldout_format_through_its_spec_gives_the_same_frames(tmp_path):
         main,
         ["generate", "--no-progress", "--model", str(model_dir), "--adapter", "none",
          "--masks", str(alt), "--remap", str(TO_BASE), "--steps", "2", "--backend", "torch",
-         "--batch-size", "2", "--n", "6", "--format", "png", "--shard-size", "4",
+         "--precision", "fp32", "--batch-size", "2", "--n", "6", "--format", "png", "--shard-size", "4",
          "--out", str(tmp_path / "gen-alt")],
     )  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -45,11 +45,11 @@ class E2EConfig:
     n_reference: int = 1  # frames of the 1000-step reference (~1000 forwards each)
     reference_steps: int = 1000
     diffusers_steps: int = 20
-    sampler: str = "unipc"
+    sampler: str = "auto"  # generate's default: the packaged plan of this model, else unipc
     steps: int = 10
-    spacing: str = "karras"
-    t_min: int | None = 10
-    t_max: int | None = 979
+    spacing: str = "trailing"  # generate's grid (FrameConfig)
+    t_min: int | None = 10  # karras spacing only
+    t_max: int | None = 999  # generate's start (FrameConfig)
     backend: str = "auto"
     precision: str = "auto"
     batch_size: int = 8
@@ -218,6 +218,7 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
         device=config.device,
     )
     frame_fn = build_frame_fn(frame_cfg)
+    ours = dataclasses.replace(config, sampler=frame_fn.config.sampler)  # auto resolved
     schema = frame_fn.spec.source
     size = frame_fn.size
     labels, phantom = phantom_pairs(
@@ -237,7 +238,7 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
             config.diffusers_steps,
             lambda lab: run_diffusers(peft, spec, lab, config),
         ),
-        "ours": (config.n, _nfe(config), lambda lab: run_ours(frame_fn, lab)),
+        "ours": (config.n, _nfe(ours), lambda lab: run_ours(frame_fn, lab)),
     }
     rows = {}
     for name in config.pipelines:
@@ -265,7 +266,7 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
     forward_s = _forward_seconds(frame_fn, labels[: config.batch_size], config)
     outside = None
     if "ours" in rows:
-        net = _nfe(config) * forward_s
+        net = _nfe(ours) * forward_s
         outside = 1.0 - net / rows["ours"]["seconds_per_frame"]
     return {
         "config": dataclasses.asdict(config),

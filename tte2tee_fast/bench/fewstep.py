@@ -1,8 +1,8 @@
 """``tte2tee bench fewstep``: few-step samplers against unipc 10 and DDPM 1000 on held-out masks
 and noise, with the converged ODE solution, structural fidelity, realism and region means.
 
-Methods are named ``SAMPLER:STEPS`` (``unipc:4``: the karras grid of ``tte2tee generate``,
-t_max 979, t_min 10; ``ddpm:1000``: ancestral, trailing from t = 999 as the base papers sample)
+Methods are named ``SAMPLER:STEPS`` (``unipc:4``: the grid of ``tte2tee generate``, trailing
+from t = 999; ``ddpm:1000``: ancestral, trailing from t = 999 as the base papers sample)
 or ``plan:FILE|NAME`` (a learned plan, ``tte2tee tune-plan``). Every method runs on the same
 backend, masks (phantom cases of ``mask_seed``, not those a plan was tuned on) and
 counter-based noise. Per method:
@@ -192,7 +192,7 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         raw = sample_frames(den, lab, torch.arange(n), scfg, clamp=False)  # [n, 1, S, S]
         sec = time.perf_counter() - t0
-        family = "learned plan" if name.startswith("plan:") else f"{name} (karras)"
+        family = "learned plan" if name.startswith("plan:") else f"{name} (trailing)"
         if name == "ddpm":
             family = "ddpm (ancestral)"
         r = row(method, family, nfe, to_uint8(raw.clamp(-1.0, 1.0)), n, sec)

@@ -26,7 +26,10 @@ error by alpha_next / alpha (~3e3 for a 10-step grid), and a trained ε-network'
 are saturated noise at any NFE (measured on the tiny phantom model at 1,500 steps: every
 sampler ~40 % rel-RMSE, the 200-NFE reference 19 % from the 100-NFE one; from t = 979 the same
 reference is within 0.18 % of its 100-NFE self and dpmpp_2m converges 14 % -> 4.9 % -> 2.1 %
-at 5 / 10 / 20 NFE). DPM-Solver cuts the cosine schedule the same way (t = 0.9946). ``clip``
+at 5 / 10 / 20 NFE). DPM-Solver cuts the cosine schedule the same way (t = 0.9946). That was
+the phase-1 ε-network; the packaged v-prediction model converges from 999 as well, and
+``tte2tee generate`` starts there (from 979 pure noise lacks the frame's mean and biases it
+bright: RESULTS.md, 'Where the ODE starts'); ``t_max=999`` measures generate's ODE. ``clip``
 solves instead the ODE whose data prediction is clamped to [-1, 1] (the thresholded ODE of the
 DPM-Solver++ paper, how ``tte2tee sample`` samples; :mod:`tte2tee_fast.diffusion.clip`).
 

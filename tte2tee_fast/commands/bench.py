@@ -337,7 +337,12 @@ def bench_denoiser_cmd(
     show_default=True,
     help="Frames of the 1000-step reference (~1000 forwards each).",
 )
-@click.option("--sampler", default="unipc", show_default=True, help="Ours: sampler or plan:FILE.")
+@click.option(
+    "--sampler",
+    default="auto",
+    show_default=True,
+    help="Ours: sampler, plan:FILE, or auto (generate's default).",
+)
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
 @backend_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)

@@ -87,11 +87,11 @@ def weights_cmd(model_dir: str, dtype: str, out: str) -> None:
 @click.option(
     "--spacing",
     type=click.Choice(["trailing", "linspace", "karras"]),
-    default="karras",
+    default="trailing",
     show_default=True,
 )
 @click.option("--t-min", type=click.IntRange(min=0, max=998), default=10, show_default=True)
-@click.option("--t-max", type=click.IntRange(min=1, max=999), default=979, show_default=True)
+@click.option("--t-max", type=click.IntRange(min=1, max=999), default=999, show_default=True)
 def onnx_cmd(
     model_dir: str | None,
     adapter: str | None,

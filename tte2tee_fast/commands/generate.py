@@ -25,10 +25,11 @@ from tte2tee_fast.commands import backend_options, device_option, merged_adapter
 @click.option("--n", "n", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
     "--sampler",
-    default="unipc",
+    default="auto",
     show_default=True,
-    help="ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc, or plan:FILE|NAME "
-    "(a learned plan: tte2tee tune-plan; packaged: plan:phantom-tee-nfe4; --steps unused).",
+    help="auto, ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc, or "
+    "plan:FILE|NAME (a learned plan: tte2tee tune-plan; packaged: plan:phantom-tee-nfe4; "
+    "--steps unused). auto: the packaged 4-NFE plan tuned for this model, else unipc.",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option(
@@ -41,7 +42,7 @@ from tte2tee_fast.commands import backend_options, device_option, merged_adapter
 @click.option(
     "--spacing",
     type=click.Choice(["trailing", "linspace", "karras"]),
-    default="karras",
+    default="trailing",
     show_default=True,
 )
 @click.option(
@@ -54,9 +55,10 @@ from tte2tee_fast.commands import backend_options, device_option, merged_adapter
 @click.option(
     "--t-max",
     type=click.IntRange(min=1, max=999),
-    default=979,
+    default=999,
     show_default=True,
-    help="First timestep.",
+    help="First timestep (999: where the N(0, I) start is exact; from 979 pure noise draws "
+    "every region brighter).",
 )
 @backend_options
 @device_option

@@ -52,8 +52,7 @@ def _nfes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
     help="Folder of the teacher trajectories (resumable) [default: in the engine cache, keyed "
     "by model, masks and teacher].",
 )
-@click.option("--t-min", type=click.IntRange(min=0, max=998), default=10, show_default=True)
-@click.option("--t-max", type=click.IntRange(min=1, max=999), default=979, show_default=True)
+@click.option("--t-max", type=click.IntRange(min=1, max=999), default=999, show_default=True)
 @click.option(
     "--sweeps",
     type=click.IntRange(min=0),
@@ -106,6 +105,6 @@ def tune_plan_cmd(out: str, nfes: tuple[int, ...], **options) -> None:
         click.echo(
             f"{path}: NFE {plan.nfe}, timesteps {list(plan.timesteps)}; rel-RMSE to the "
             f"converged ODE on {src.get('val_pairs')} held-out pairs "
-            f"{100 * src.get('val_rel_rmse', float('nan')):.3g} % (unipc, karras grid, same "
-            f"NFE: {100 * src.get('val_rel_rmse_unipc_karras', float('nan')):.3g} %)"
+            f"{100 * src.get('val_rel_rmse', float('nan')):.3g} % (unipc, trailing grid, "
+            f"same NFE: {100 * src.get('val_rel_rmse_unipc', float('nan')):.3g} %)"
         )

@@ -25,6 +25,7 @@ A backend whose package or device is missing fails with one line saying what to 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import torch
 
 from tte2tee_fast.condition.maskr2 import MaskR2Remap, MaskR2Spec, load_spec
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.generate.auto_sampler import AUTO, auto_sampler
 from tte2tee_fast.generate.masks import to_uint8
 from tte2tee_fast.generate.shards import config_hash
 
@@ -263,11 +265,18 @@ class FrameConfig:
 
     model: str | None = None  # model folder or packaged name; None: the packaged phantom-tte
     adapter: str | None = "phantom-tee"  # adapter folder or packaged name (merged); None: none
-    sampler: str = "unipc"  # a sampler name or plan:FILE
+    # a sampler name, plan:FILE, or auto: the packaged plan of this model, else unipc
+    # (generate/auto_sampler.py)
+    sampler: str = "auto"
     steps: int = 10
-    spacing: str = "karras"
-    t_min: int | None = 10
-    t_max: int | None = 979
+    # trailing from 999: the karras grid from 999 spends its steps where the cosine schedule's
+    # k-sigma explodes (999, 998, 997, ...; RESULTS.md 'Where the ODE starts')
+    spacing: str = "trailing"
+    t_min: int | None = None  # karras spacing only
+    # first timestep: T - 1, where the prior N(0, I) is exact (alpha_bar 2.4e-9). From 979
+    # (alpha_bar 1e-3) pure noise lacks the frame's DC and every ODE sampler drew each region
+    # ~10 gray levels too bright (benchmarks/RESULTS.md, 'Where the ODE starts')
+    t_max: int | None = 999
     rho: float = 7.0
     guidance: float = 1.0
     seed: int = 0
@@ -308,8 +317,6 @@ def sample_frames(
     last batch is padded by repeating its last frame, so the network always runs the same batch
     size and frame ``i`` does not depend on which frames share its batch. ``clamp=False``: the
     sampler's raw output (for ODE-error measurements)."""
-    import dataclasses
-
     from tqdm.auto import tqdm
 
     from tte2tee_fast.generate.sample import sample_with
@@ -341,6 +348,9 @@ class FrameFn:
     depends only on (the configuration, ``i``, its mask); see :func:`build_frame_fn`."""
 
     def __init__(self, den: Denoiser, config: FrameConfig) -> None:
+        if config.sampler == AUTO:  # resolved here: the dataset hash takes the real sampler
+            sampler = auto_sampler(den.info.get("merged_hash"), config.guidance)
+            config = dataclasses.replace(config, sampler=sampler)
         self.den = den
         self.config = config
         self.spec = den.spec

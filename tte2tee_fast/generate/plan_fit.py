@@ -55,8 +55,7 @@ def tune_plans(
     teacher_sampler: str = "unipc",
     teacher_steps: int = 200,
     teacher_dir: str | None = None,
-    t_min: int = 10,
-    t_max: int = 979,
+    t_max: int = 999,
     sweeps: int = 6,
     init: str | None = None,
     guidance: float = 1.0,
@@ -80,7 +79,7 @@ def tune_plans(
             raise InputError(
                 f"--init {init} has {len(start)} timesteps: give it with one --nfe {len(start)}"
             )
-    tune = [TuneConfig(nfe=k, train=train, t_min=t_min, sweeps=sweeps, init=start) for k in nfes]
+    tune = [TuneConfig(nfe=k, train=train, sweeps=sweeps, init=start) for k in nfes]
     den = build_denoiser(model_dir, adapter, backend, precision, batch=batch_size, engine=engine)
     source = open_mask_source(masks, den.size, seed=seed)
     require_schema(source, den.spec, masks)

@@ -7,7 +7,7 @@ and a lower-triangular table ``coef`` ``[K + 1][K + 1]``: the input of evaluatio
 ``D_j`` the network's clamped clean-image estimate at evaluation ``j``. Fitting it:
 
 1. **Teacher** (:func:`teacher_trajectories`): the same ODE the generator solves (clamped data
-   prediction, from ``t_max`` = 979, the same counter-based ``x_T``) solved finely by a named
+   prediction, from ``t_max`` = 999, the same counter-based ``x_T``) solved finely by a named
    sampler (default unipc, 200 steps, trailing spacing) on ``N`` (noise, mask) pairs. Its state
    at every teacher timestep is kept: ``states[i]`` is the input of teacher evaluation ``i`` and
    ``states[S]`` the converged solution. Stored as ``.npy`` under a cache folder keyed by what
@@ -19,12 +19,12 @@ and a lower-triangular table ``coef`` ``[K + 1][K + 1]``: the input of evaluatio
    features onto the converged solution. One pass costs ``K`` network evaluations per pair and
    no backpropagation: the teacher-forced form of the trajectory matching of BNS / LD3 (which
    backpropagate through the network end to end; not done here).
-3. **Timesteps** (:func:`tune_plan`): coordinate descent on the teacher grid from the karras
-   grid (rho 7, down to ``t_min``) that ``tte2tee generate`` uses by default (or from the
-   timesteps of an earlier plan), each candidate
+3. **Timesteps** (:func:`tune_plan`): coordinate descent on the teacher grid from the trailing
+   grid from ``t_max`` that ``tte2tee generate`` uses by default (or from the timesteps of an
+   earlier plan), each candidate
    scored by the training pairs' relative RMSE of the frame; the prefix of a candidate that did
    not change is not recomputed. Held-out pairs (other masks, other noise) give the validation
-   error, beside the same error of unipc on the karras grid at the same NFE.
+   error, beside the same error of unipc on that trailing grid at the same NFE.
 
 Everything here takes the network as ``eps_fn(x [B, 1, H, W], t [B] int64, labels [B, H, W])``
 (any backend of :mod:`tte2tee_fast.generate.backends` fits), so the teacher can run on the
@@ -65,7 +65,7 @@ class TeacherConfig:
     sampler: str = "unipc"
     steps: int = 200
     spacing: str = "trailing"
-    t_max: int = 979
+    t_max: int = 999
     seed: int = 0  # noise of pair i: counter-based x_T of frame i
     batch_size: int = 8
 
@@ -244,8 +244,6 @@ class TuneConfig:
 
     nfe: int = 4
     train: int = 32  # the first `train` pairs fit; the remaining pairs validate
-    t_min: int = 10  # last timestep of the initial karras grid
-    rho: float = 7.0
     offsets: tuple[int, ...] = (1, 3, 8, 20)  # teacher-grid moves tried per timestep and sweep
     sweeps: int = 6  # at most; the search stops at the first sweep that moves nothing
     tol: float = 1e-5  # an accepted move must lower the training error by this much
@@ -329,9 +327,7 @@ def tune_plan(
     if config.init is not None:
         init_ts = list(config.init)
     else:
-        init_ts = spaced_timesteps(
-            abar, config.nfe, "karras", config.rho, grid[0], config.t_min
-        ).tolist()
+        init_ts = spaced_timesteps(abar, config.nfe, "trailing", t_max=int(grid[0])).tolist()
     student = _Student(eps_fn, traj, slice(0, config.train), batch_size, abar)
     idx = snap(init_ts, grid)
     best = init = student.error(idx)
@@ -377,12 +373,12 @@ def tune_plan(
         "student_evaluations": student.evaluations,
     }
     plan = fitted_plan(rows, idx, traj, abar, f"learned-{config.nfe}", (source or {}) | fit_info)
-    baseline = sampler_plan("unipc", config.nfe, "karras", config.rho, int(grid[0]), config.t_min)
+    baseline = sampler_plan("unipc", config.nfe, "trailing", t_max=int(grid[0]))
     val_err = plan_error(eps_fn, traj, val, plan, batch_size)
     base_err = plan_error(eps_fn, traj, val, baseline, batch_size)
     info = plan.source | {
         "val_rel_rmse": val_err,
-        "val_rel_rmse_unipc_karras": base_err,
+        "val_rel_rmse_unipc": base_err,
         "seconds": time.perf_counter() - start,
     }
     return dataclasses.replace(plan, source=info)
