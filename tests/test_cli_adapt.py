@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -16,6 +17,7 @@ from tte2tee_fast.adapt.adapter import read_adapter
 from tte2tee_fast.adapt.targets import TARGET_PRESETS, count_lora_parameters
 from tte2tee_fast.adapt.train import AdaptConfig
 from tte2tee_fast.cli import main
+from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import from_preset, load_model, model_hash, save_model
 
 FAST = ["--num-cases", "2", "--augment", "1", "--batch-size", "2", "--no-bf16", "--warmup", "0"]
@@ -125,9 +127,10 @@ def test_adapt_errors(base_dir, tmp_path):
 def test_adapt_ablate(base_dir, tmp_path):
     out = tmp_path / "abl"
     args = ["adapt", "--base", str(base_dir), *FAST, "--steps", "1", "--ablate", "--out", str(out)]
-    res = CliRunner().invoke(main, args)
+    res = CliRunner().invoke(main, [*args, "--eval-frames", "0"])  # scoring: the tests below
     assert res.exit_code == 0, res.output
     table = json.loads((out / "ablation.json").read_text())
+    assert not any("quality" in r for r in table["rows"])
     base = load_model(base_dir)
     assert [r["targets"] for r in table["rows"]] == list(TARGET_PRESETS)
     for row in table["rows"]:
@@ -158,3 +161,44 @@ def test_adapt_on_a_folder_of_pairs(base_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert read_adapter(out).meta.source_schema == "tee"
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 1
+
+
+def test_ablation_quality_scores_every_adapter(base_dir, tmp_path):
+    from tte2tee_fast.adapt.train import ablate
+    from tte2tee_fast.bench.adapters import AdapterEvalConfig, ablation_quality, evaluate_adapter
+
+    out = tmp_path / "abl"
+    fast = {"num_cases": 2, "augment": 1, "batch_size": 2, "bf16": False, "warmup": 0}
+    config = AdaptConfig(base=str(base_dir), steps=1, **fast)
+    ablate(config, out, presets=("mlp", "all"), progress=False)
+    cfg = AdapterEvalConfig(n=2, n_real=2, backend="torch", precision="fp32", batch_size=2)
+    table = ablation_quality(out, cfg, progress=False)
+    md = (out / "ablation.md").read_text()
+    assert md.count("## Fidelity and realism per preset") == 1
+    for row in table["rows"]:
+        q = row["quality"]
+        assert 0.0 <= q["fidelity"]["mean_dice"]["mean"] <= 1.0
+        assert set(q["fidelity"]["per_class"]) == {"la", "lv", "ra", "rv"}  # the TEE schema's
+        assert q["regions"]["la"]["phantom"] > 0 and np.isfinite(q["kid"]["mean"])
+        assert f"| {row['targets']} | {100 * q['fidelity']['mean_dice']['mean']:.1f} |" in md
+    # the same adapter, masks and noise give the same numbers again (deterministic sampling)
+    assert (
+        evaluate_adapter(str(base_dir), out / "all", cfg)["fidelity"]
+        == (table["rows"][1]["quality"]["fidelity"])
+    )
+    # rescoring rewrites the table instead of appending a second one
+    ablation_quality(out, cfg, progress=False)
+    assert (out / "ablation.md").read_text().count("## Fidelity") == 1
+    with pytest.raises(InputError, match=r"no ablation\.json"):
+        ablation_quality(tmp_path / "nothing", cfg)
+
+
+@pytest.mark.slow  # five engine exports (--backend auto): ~2 min
+def test_adapt_ablate_cli_writes_the_fidelity_table(base_dir, tmp_path):
+    out = tmp_path / "abl"
+    args = ["adapt", "--base", str(base_dir), *FAST, "--steps", "1", "--ablate"]
+    res = CliRunner().invoke(main, [*args, "--eval-frames", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    assert all("quality" in r for r in rows)
+    assert "## Fidelity and realism per preset" in (out / "ablation.md").read_text()
