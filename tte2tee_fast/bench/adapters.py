@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,11 +45,19 @@ class AdapterEvalConfig:
             )
 
 
-def evaluate_adapter(base: str | None, adapter: str | Path, config: AdapterEvalConfig) -> dict:
-    """Fidelity, KID and region means of ``adapter`` merged into ``base`` (module docstring)."""
+def evaluate_adapter(
+    base: str | None,
+    adapter: str | Path,
+    config: AdapterEvalConfig,
+    references: dict[tuple[str, int], tuple[Any, Any]] | None = None,
+) -> dict:
+    """Fidelity, KID and region means of ``adapter`` merged into ``base`` (module docstring).
+
+    ``references``: the segmenter and the real frames' encoder features per (schema, size),
+    filled on first use, so adapters of one ablation share them."""
     from tte2tee_fast.bench.e2e import fidelity_summary, phantom_pairs
     from tte2tee_fast.bench.fewstep import packaged_segmenter
-    from tte2tee_fast.evaluate.intensity import compare_regions
+    from tte2tee_fast.evaluate.intensity import compare_regions, worst_region
     from tte2tee_fast.evaluate.realism import encoder_features, kernel_inception_distance
     from tte2tee_fast.evaluate.segment import load_segmenter
     from tte2tee_fast.generate.backends import FrameConfig, build_frame_fn
@@ -66,18 +75,21 @@ def evaluate_adapter(base: str | None, adapter: str | Path, config: AdapterEvalC
     fn = build_frame_fn(frame)
     schema = fn.spec.source
     masks, phantom = phantom_pairs(schema.name, fn.size, config.n, config.mask_seed)
-    _, real = phantom_pairs(schema.name, fn.size, config.n_real, config.mask_seed + 1)
+    refs = {} if references is None else references
+    key = (schema.name, fn.size)
+    if key not in refs:
+        seg = load_segmenter(packaged_segmenter(schema.name))
+        _, real = phantom_pairs(schema.name, fn.size, config.n_real, config.mask_seed + 1)
+        refs[key] = (seg, encoder_features(seg, real))
+    seg, real_feats = refs[key]
     images = fn(masks.astype(np.uint8), np.arange(config.n))  # [n, S, S] uint8
-    seg = load_segmenter(packaged_segmenter(schema.name))
     subset = min(50, config.n, config.n_real)
-    kid = kernel_inception_distance(
-        encoder_features(seg, real), encoder_features(seg, images), subset, 50
-    )
+    kid = kernel_inception_distance(real_feats, encoder_features(seg, images), subset, 50)
     regions = compare_regions(images, phantom, masks, schema)
     return {
         "fidelity": fidelity_summary(seg, images, masks, schema, Path(adapter).name),
         "kid": {"mean": kid[0], "std": kid[1]},
-        "region_max_rel_diff": max(v["rel_diff"] for k, v in regions.items() if k != "outside"),
+        "region_max_rel_diff": worst_region(regions),
         "regions": {
             k: {"generated": v["generated"], "phantom": v["reference"]} for k, v in regions.items()
         },
@@ -94,11 +106,11 @@ def ablation_quality(out_dir: str | Path, config: AdapterEvalConfig, progress: b
     if not path.is_file():
         raise InputError(f"{out} holds no {ABLATION_JSON}: run tte2tee adapt --ablate first")
     table = json.loads(path.read_text())
-    base = table["config"].get("base")
+    base, references = table["config"].get("base"), {}
     for row in table["rows"]:
         if progress:
             print(f"ablation fidelity: {row['targets']} ({config.n} frames)", flush=True)
-        row["quality"] = evaluate_adapter(base, out / row["adapter"], config)
+        row["quality"] = evaluate_adapter(base, out / row["adapter"], config, references)
     table["quality_config"] = asdict(config)
     write_json_atomic(path, table)
     md = (out / ABLATION_MD).read_text() if (out / ABLATION_MD).is_file() else ""

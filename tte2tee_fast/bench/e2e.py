@@ -191,10 +191,9 @@ def fidelity_summary(
 
 
 def _regions(images: np.ndarray, reference: np.ndarray, masks: np.ndarray, schema: Any) -> float:
-    from tte2tee_fast.evaluate.intensity import compare_regions
+    from tte2tee_fast.evaluate.intensity import compare_regions, worst_region
 
-    regions = compare_regions(images, reference, masks, schema)
-    return float(max(v["rel_diff"] for k, v in regions.items() if k != "outside"))
+    return worst_region(compare_regions(images, reference, masks, schema))
 
 
 def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:

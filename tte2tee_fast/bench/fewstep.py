@@ -130,7 +130,7 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
     """Run every method of ``config`` (module docstring) and return the result dict."""
     from tte2tee_fast.bench.e2e import fidelity_summary, phantom_pairs
     from tte2tee_fast.bench.samplers import machine_info
-    from tte2tee_fast.evaluate.intensity import compare_regions
+    from tte2tee_fast.evaluate.intensity import compare_regions, worst_region
     from tte2tee_fast.evaluate.realism import encoder_features, kernel_inception_distance
     from tte2tee_fast.evaluate.segment import load_segmenter
     from tte2tee_fast.generate.backends import build_denoiser, sample_frames
@@ -175,7 +175,7 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
                 "mean_dice"
             ],
             "kid": {"mean": kid[0], "std": kid[1]},
-            "region_max_rel_diff": max(v["rel_diff"] for k, v in regions.items() if k != "outside"),
+            "region_max_rel_diff": worst_region(regions),
             "regions": {k: v["generated"] for k, v in regions.items()},
         }
 
