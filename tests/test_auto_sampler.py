@@ -41,3 +41,20 @@ def test_frame_fn_records_the_resolved_plan() -> None:
     fn = build_frame_fn(FrameConfig(backend="torch", precision="fp32", batch_size=1))
     assert fn.info["sampler"] == f"plan:phantom-tee-nfe{AUTO_NFE}"
     assert "plan_sha256" in fn.info and fn.info["nfe"] == AUTO_NFE
+
+
+def test_an_adapter_folder_plan_comes_first_only_for_its_own_network(tmp_path) -> None:
+    import dataclasses
+
+    den = build_denoiser(None, "phantom-tee", "torch", "fp32", batch=1)
+    merged = den.info["merged_hash"]
+    plan = load_plan(plan_file("phantom-tee-nfe3"))  # any plan made for this network
+    folder = tmp_path / "student"
+    folder.mkdir()
+    plan.save(folder / "plan.json")
+    assert auto_sampler(merged, 1.0, folder) == f"plan:{folder / 'plan.json'}"
+    # recorded for another network: the packaged plan of this one wins
+    model = dict(plan.source["model"], merged_hash="0" * 64)
+    dataclasses.replace(plan, source=dict(plan.source, model=model)).save(folder / "plan.json")
+    assert auto_sampler(merged, 1.0, folder) == f"plan:phantom-tee-nfe{AUTO_NFE}"
+    assert auto_sampler(merged, 1.0, tmp_path / "no-plan-here") == f"plan:phantom-tee-nfe{AUTO_NFE}"

@@ -4,6 +4,7 @@ written (a smoke run: no timing assertions)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from helpers import error_line
 from test_adapter import make_adapter, micro_base
 
+from tte2tee_fast.adapt.distill import DistillConfig
 from tte2tee_fast.bench.fewstep import (
     FewStepConfig,
     bench_fewstep,
@@ -22,6 +24,7 @@ from tte2tee_fast.bench.fewstep import (
 from tte2tee_fast.cli import main
 from tte2tee_fast.diffusion.dense import sampler_plan
 from tte2tee_fast.errors import InputError
+from tte2tee_fast.generate.distill_fit import distill_adapter
 from tte2tee_fast.models import save_model
 
 pytest.importorskip("monai")
@@ -34,8 +37,35 @@ def test_bench_fewstep_on_a_micro_model(tmp_path) -> None:
     make_adapter(base, tmp_path / "lora", preset="mlp", rank=1)
     plan = tmp_path / "p.json"
     sampler_plan("unipc", 3, "trailing", t_max=999).save(plan)  # generate's grid, as unipc:3
+    # a student of this teacher for that plan, trained at a vanishing learning rate: it is the
+    # teacher, so its row must be the plan's (same masks, noise, ODE reference)
+    student, plan2 = tmp_path / "student", tmp_path / "p2.json"
+    sampler_plan("unipc", 2, "trailing", t_max=999).save(plan2)  # 999, 499: on the 16-step grid
+    distill_adapter(
+        student,
+        2,
+        str(plan2),
+        str(tmp_path / "base"),
+        str(tmp_path / "lora"),
+        "phantom:tee",
+        pairs=2,
+        val_pairs=2,
+        teacher_steps=16,
+        backend="torch",
+        precision="fp32",
+        batch_size=2,
+        config=DistillConfig(steps=1, batch_size=2, lr=1e-12),
+        progress=False,
+    )
     config = FewStepConfig(
-        methods=("ddpm:4", "unipc:3", f"plan:{plan}", "unipc:8"),
+        methods=(
+            "ddpm:4",
+            "unipc:3",
+            f"plan:{plan}",
+            "unipc:8",
+            f"plan:{plan2}",
+            f"student:{student}",
+        ),
         n=4,
         n_ddpm=2,
         n_real=4,
@@ -51,7 +81,13 @@ def test_bench_fewstep_on_a_micro_model(tmp_path) -> None:
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["phantom", *config.methods]
     assert rows["ddpm:4"]["frames"] == 2 and rows["ddpm:4"]["stochastic"]
-    assert [rows[m]["nfe"] for m in config.methods] == [4, 3, 3, 8]
+    assert [rows[m]["nfe"] for m in config.methods] == [4, 3, 3, 8, 2, 2]
+    learned = rows[f"student:{student}"]
+    assert learned["family"] == "distilled student"
+    assert learned["rel_rmse"] == pytest.approx(rows[f"plan:{plan2}"]["rel_rmse"], rel=1e-4)
+    other = dataclasses.replace(config, adapter=None, methods=(f"student:{student}",))
+    with pytest.raises(InputError, match="another teacher"):
+        bench_fewstep(other, progress=False)
     # the plan file is unipc's own plan: the same frames, the same error
     assert rows[f"plan:{plan}"]["rel_rmse"] == pytest.approx(rows["unipc:3"]["rel_rmse"], rel=1e-5)
     # more steps of a convergent solver land closer to the 16-step solution

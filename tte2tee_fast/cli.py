@@ -20,7 +20,7 @@ from tte2tee_fast.commands.evaluate import evaluate_group
 from tte2tee_fast.commands.export import export_group
 from tte2tee_fast.commands.generate import generate_cmd
 from tte2tee_fast.commands.model import info_cmd, sample_cmd, train_cmd
-from tte2tee_fast.commands.plan import tune_plan_cmd
+from tte2tee_fast.commands.plan import distill_cmd, tune_plan_cmd
 from tte2tee_fast.errors import InputError
 
 
@@ -58,6 +58,7 @@ def main() -> None:
 for _command in (
     adapt_cmd,
     bench_group,
+    distill_cmd,
     evaluate_group,
     export_group,
     generate_cmd,

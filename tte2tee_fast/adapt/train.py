@@ -180,7 +180,7 @@ def bind_base(config: AdaptConfig, base: nn.Module) -> AdaptConfig:
     return dataclasses.replace(config, size=sample_size, prediction=prediction)
 
 
-def _write_adapter(model: nn.Module, base_hash: str, spec: Any, preset: str, out: Path) -> None:
+def write_adapter(model: nn.Module, base_hash: str, spec: Any, preset: str, out: Path) -> None:
     """Write the adapter files into run folder ``out``: staged in a temporary folder, then
     moved in with ``tte2tee.json`` last, so a crash leaves an incomplete (refused) adapter,
     never a mixed one."""
@@ -260,7 +260,7 @@ def adapt(
     check_base_unchanged(model, reference)
     result.ema.copy_to(trainable)
     model.eval()
-    _write_adapter(model, base_hash, spec, config.targets, out)
+    write_adapter(model, base_hash, spec, config.targets, out)
     return AdaptResult(
         model=model,
         losses=result.losses,

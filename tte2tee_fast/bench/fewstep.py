@@ -3,7 +3,9 @@ and noise, with the converged ODE solution, structural fidelity, realism and reg
 
 Methods are named ``SAMPLER:STEPS`` (``unipc:4``: the grid of ``tte2tee generate``, trailing
 from t = 999; ``ddpm:1000``: ancestral, trailing from t = 999 as the base papers sample)
-or ``plan:FILE|NAME`` (a learned plan, ``tte2tee tune-plan``). Every method runs on the same
+or ``plan:FILE|NAME`` (a learned plan, ``tte2tee tune-plan``) or ``student:DIR`` (a distilled
+student, ``tte2tee distill``: its adapter in place of the teacher's, run with its own plan; its
+``rel_rmse`` is against the *teacher's* converged ODE). Every method runs on the same
 backend, masks (phantom cases of ``mask_seed``, not those a plan was tuned on) and
 counter-based noise. Per method:
 
@@ -76,15 +78,16 @@ class FewStepConfig:
 
 
 def parse_method(text: str) -> tuple[str, int | None]:
-    """``("unipc", 4)``, ``("ddpm", 1000)`` or ``("plan:FILE", None)``."""
-    if text.startswith("plan:"):
+    """``("unipc", 4)``, ``("ddpm", 1000)``, ``("plan:FILE", None)`` or ``("student:DIR", None)``."""
+    if text.startswith(("plan:", "student:")):
         return text, None
     name, _, steps = text.partition(":")
     from tte2tee_fast.diffusion import SAMPLERS
 
     if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
         raise InputError(
-            f"method {text!r}: expected SAMPLER:STEPS (samplers: {', '.join(SAMPLERS)}) or plan:FILE"
+            f"method {text!r}: expected SAMPLER:STEPS (samplers: {', '.join(SAMPLERS)}), "
+            "plan:FILE or student:DIR"
         )
     return name, int(steps)
 
@@ -98,14 +101,29 @@ def sample_config(method: str, seed: int, batch_size: int) -> Any:
     name, steps = parse_method(method)
     if name == "ddpm":
         return SampleConfig("ddpm", steps, seed=seed, batch_size=batch_size)
+    if name.startswith("student:"):
+        name = f"plan:{student_plan_file(name)}"
     frame = FrameConfig(sampler=name, seed=seed, batch_size=batch_size)
     return (frame if steps is None else dataclasses.replace(frame, steps=steps)).sample_config()
+
+
+def student_plan_file(method: str) -> Path:
+    """The plan a ``student:DIR`` method runs: ``DIR/plan.json`` (refused when absent)."""
+    from tte2tee_fast.generate.auto_sampler import ADAPTER_PLAN
+    from tte2tee_fast.packaged import resolve_asset
+
+    path = resolve_asset(method[len("student:") :]) / ADAPTER_PLAN
+    if not path.is_file():
+        raise InputError(f"{method}: {path} not found (not a folder written by tte2tee distill)")
+    return path
 
 
 def method_nfe(method: str) -> int:
     from tte2tee_fast.diffusion.dense import load_plan
 
     name, steps = parse_method(method)
+    if name.startswith("student:"):
+        return load_plan(student_plan_file(name)).nfe
     if steps is None:
         return load_plan(name[len("plan:") :]).nfe
     from tte2tee_fast.bench.samplers import model_calls
@@ -124,6 +142,25 @@ def packaged_segmenter(schema: str) -> str:
             f"--data phantom-{schema} --schema {schema} --out DIR) and pass --segmenter DIR"
         )
     return name
+
+
+def student_denoiser(config: FewStepConfig, method: str, teacher: dict) -> Any:
+    """The denoiser of a ``student:DIR`` method on the bench's backend; refuses a student
+    distilled from another network than the bench's (``teacher``: its identity)."""
+    from tte2tee_fast.diffusion.dense import load_plan
+    from tte2tee_fast.generate.backends import build_denoiser
+
+    folder = method[len("student:") :]
+    made = ((load_plan(student_plan_file(method)).source or {}).get("teacher") or {}).get("model")
+    if (made or {}).get("merged_hash") != teacher.get("merged_hash"):
+        raise InputError(
+            f"{method}: distilled from another teacher (merged hash "
+            f"{str((made or {}).get('merged_hash'))[:12]}) than the benched model "
+            f"({str(teacher.get('merged_hash'))[:12]})"
+        )
+    return build_denoiser(
+        config.model, folder, config.backend, config.precision, batch=config.batch_size
+    )
 
 
 def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
@@ -147,6 +184,9 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
     seg = load_segmenter(config.segmenter or packaged_segmenter(schema.name))
     real_feats = encoder_features(seg, real)
     ident = identity(den.info)
+    students = {  # built first: a student of another teacher is refused before any work
+        m: student_denoiser(config, m, ident) for m in config.methods if m.startswith("student:")
+    }
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         return den(x, t, lab)
@@ -188,13 +228,16 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
         if progress:
             print(f"bench fewstep: {method} ({n} frames, {nfe} NFE)", flush=True)
         scfg = sample_config(method, config.seed, config.batch_size)
+        run = students.get(method, den)
         lab = torch.from_numpy(labels[:n])
         t0 = time.perf_counter()
-        raw = sample_frames(den, lab, torch.arange(n), scfg, clamp=False)  # [n, 1, S, S]
+        raw = sample_frames(run, lab, torch.arange(n), scfg, clamp=False)  # [n, 1, S, S]
         sec = time.perf_counter() - t0
         family = "learned plan" if name.startswith("plan:") else f"{name} (trailing)"
         if name == "ddpm":
             family = "ddpm (ancestral)"
+        elif name.startswith("student:"):
+            family = "distilled student"
         r = row(method, family, nfe, to_uint8(raw.clamp(-1.0, 1.0)), n, sec)
         r["rel_rmse"] = rel_rmse(raw[:, 0].numpy(), ode[:n])
         r["stochastic"] = name in ("ddpm", "dpmpp_2m_sde")

@@ -415,8 +415,9 @@ def bench_e2e_cmd(
 @click.option(
     "--methods",
     default=None,
-    help="Comma list of SAMPLER:STEPS and plan:FILE|NAME [default: ddpm:1000, unipc:10, unipc and "
-    "the packaged learned plans of the model at NFE 2, 3, 4, 6].",
+    help="Comma list of SAMPLER:STEPS, plan:FILE|NAME and student:DIR (tte2tee distill) "
+    "[default: ddpm:1000, unipc:10, unipc and the packaged learned plans and distilled students "
+    "of the model at NFE 2, 3, 4, 6].",
 )
 @click.option("--n", type=click.IntRange(min=2), default=32, show_default=True)
 @click.option(

@@ -40,6 +40,7 @@ from tte2tee_fast.errors import InputError
 from tte2tee_fast.generate.auto_sampler import AUTO, auto_sampler
 from tte2tee_fast.generate.masks import to_uint8
 from tte2tee_fast.generate.shards import config_hash
+from tte2tee_fast.packaged import resolve_asset
 
 BACKENDS = ("torch", "compile", "ort", "openvino", "trt")
 PRECISIONS = {
@@ -349,7 +350,8 @@ class FrameFn:
 
     def __init__(self, den: Denoiser, config: FrameConfig) -> None:
         if config.sampler == AUTO:  # resolved here: the dataset hash takes the real sampler
-            sampler = auto_sampler(den.info.get("merged_hash"), config.guidance)
+            own = None if config.adapter is None else resolve_asset(config.adapter)
+            sampler = auto_sampler(den.info.get("merged_hash"), config.guidance, own)
             config = dataclasses.replace(config, sampler=sampler)
         self.den = den
         self.config = config

@@ -12,11 +12,13 @@ import torch
 
 from tte2tee_fast.diffusion.dense import DensePlan
 from tte2tee_fast.errors import InputError
-from tte2tee_fast.generate.backends import build_denoiser, cache_dir
+from tte2tee_fast.generate.backends import Denoiser, build_denoiser, cache_dir
 from tte2tee_fast.generate.shards import config_hash, identity
 from tte2tee_fast.generate.sources import open_mask_source, require_schema
 from tte2tee_fast.training.plan_tune import (
+    EpsFn,
     TeacherConfig,
+    Trajectories,
     TuneConfig,
     labels_digest,
     teacher_trajectories,
@@ -42,6 +44,33 @@ def plan_outputs(out: str | Path, nfes: tuple[int, ...]) -> list[Path]:
             )
         return [out]
     return [out / f"nfe{k}.json" for k in nfes]
+
+
+def teacher_set(
+    den: Denoiser,
+    masks: str,
+    pairs: int,
+    teacher: TeacherConfig,
+    guidance: float = 1.0,
+    teacher_dir: str | None = None,
+    progress: bool = True,
+) -> tuple[EpsFn, Trajectories, dict, str]:
+    """The teacher of ``den`` on the first ``pairs`` masks of source ``masks`` (seeded by
+    ``teacher.seed``, which also seeds the noise): its network function, its trajectories
+    (solved now or read from ``teacher_dir``, default the cache folder keyed by what makes
+    them), the network identity it records and the folder."""
+    source = open_mask_source(masks, den.size, seed=teacher.seed)
+    require_schema(source, den.spec, masks)
+    labels = np.stack([source.mask(i)[0] for i in range(pairs)]).astype(np.int64)  # [N, S, S]
+    den.spec.check_labels(labels, source=f"masks {masks}")
+    ident = identity(den.info) | {"guidance": guidance, "masks": masks}
+    folder = str(teacher_dir or teacher_folder(ident, teacher, labels))
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        return den(x, t, lab, guidance)
+
+    traj = teacher_trajectories(eps_fn, labels, teacher, folder, ident, progress)
+    return eps_fn, traj, ident, folder
 
 
 def tune_plans(
@@ -81,18 +110,10 @@ def tune_plans(
             )
     tune = [TuneConfig(nfe=k, train=train, sweeps=sweeps, init=start) for k in nfes]
     den = build_denoiser(model_dir, adapter, backend, precision, batch=batch_size, engine=engine)
-    source = open_mask_source(masks, den.size, seed=seed)
-    require_schema(source, den.spec, masks)
-    labels = np.stack([source.mask(i)[0] for i in range(pairs)]).astype(np.int64)  # [N, S, S]
-    den.spec.check_labels(labels, source=f"masks {masks}")
-    ident = identity(den.info) | {"guidance": guidance, "masks": masks}
     teacher = TeacherConfig(teacher_sampler, teacher_steps, "trailing", t_max, seed, batch_size)
-    teacher_dir = str(teacher_dir or teacher_folder(ident, teacher, labels))
-
-    def eps_fn(x: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        return den(x, t, lab, guidance)
-
-    traj = teacher_trajectories(eps_fn, labels, teacher, teacher_dir, ident, progress)
+    eps_fn, traj, ident, teacher_dir = teacher_set(
+        den, masks, pairs, teacher, guidance, teacher_dir, progress
+    )
     written = []
     for path, config in zip(paths, tune, strict=True):
         info = {"model": ident, "teacher": {"folder": teacher_dir, **teacher.__dict__}}
