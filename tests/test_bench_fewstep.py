@@ -114,5 +114,7 @@ def test_methods_are_checked_and_defaults_name_packaged_plans() -> None:
     assert methods[:2] == ("ddpm:1000", "unipc:10")
     for m in methods:
         assert not m.startswith("plan:") or "phantom-tee-nfe" in m
+        if m.startswith("student:"):  # a packaged student of the packaged TEE teacher
+            assert "phantom-tee-distill" in m and method_nfe(m) == int(m.rsplit("distill", 1)[1])
     res = CliRunner().invoke(main, ["bench", "fewstep", "--methods", "x:1", "--out", "unused"])
     error_line(res, "x:1")

@@ -253,3 +253,30 @@ def test_cli_distils_a_student_that_generate_runs_with_auto_on_two_backends(tmp_
         main, [*args[:-2], "--val-seed", "2000", "--out", str(tmp_path / "x")]
     )
     error_line(same_seed, "--val-seed")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nfe", [2, 4])
+def test_packaged_student_lands_closer_to_the_teachers_ode_on_fresh_pairs(nfe, tmp_path) -> None:
+    """The packaged TEE students against their teacher (base + phantom-tee) on masks and noise
+    neither was trained or selected on, torch fp32 (they were trained on OpenVINO bf16 pairs)."""
+    from tte2tee_fast.diffusion.dense import load_plan
+    from tte2tee_fast.generate.auto_sampler import auto_sampler
+    from tte2tee_fast.generate.backends import build_denoiser
+    from tte2tee_fast.generate.sources import open_mask_source
+    from tte2tee_fast.packaged import resolve_asset
+
+    folder = resolve_asset(f"phantom-tee-distill{nfe}")
+    teacher = build_denoiser(None, "phantom-tee", "torch", "fp32")
+    student = build_denoiser(None, str(folder), "torch", "fp32")
+    plan = load_plan(folder / "plan.json")
+    assert plan.nfe == nfe and plan.source["model"]["merged_hash"] == student.info["merged_hash"]
+    assert plan.source["teacher"]["model"]["merged_hash"] == teacher.info["merged_hash"]
+    assert auto_sampler(student.info["merged_hash"], 1.0, folder) == f"plan:{folder / 'plan.json'}"
+    source = open_mask_source("phantom:tee", 128, seed=11)
+    labels = np.stack([source.mask(i)[0] for i in range(3)]).astype(np.int64)
+    cfg = TeacherConfig(steps=100, batch_size=3, seed=11)
+    traj = teacher_trajectories(teacher, labels, cfg, tmp_path / "t", {"t": 1}, progress=False)
+    err_teacher = plan_error(teacher, traj, slice(0, 3), plan, 3)
+    err_student = plan_error(student, traj, slice(0, 3), plan, 3)
+    assert err_student < 0.8 * err_teacher, (err_student, err_teacher)

@@ -40,14 +40,20 @@ FEW_NFES = (2, 3, 4, 6)
 
 
 def default_methods(adapter: str | None) -> tuple[str, ...]:
-    """DDPM 1000, unipc 10, and unipc plus the packaged learned plan of the packaged model
-    (``phantom-tee`` adapter, or the bare ``phantom-tte`` base) at each of :data:`FEW_NFES`."""
-    from tte2tee_fast.packaged import packaged_plans
+    """DDPM 1000, unipc 10, and unipc plus the packaged learned plan and distilled student
+    (``<model>-distill<K>``) of the packaged model (``phantom-tee`` adapter, or the bare
+    ``phantom-tte`` base) at each of :data:`FEW_NFES`."""
+    from tte2tee_fast.packaged import ASSETS, packaged_plans
 
     model = "phantom-tee" if adapter is not None else "phantom-tte"
     have = set(packaged_plans())
     plans = [f"plan:{model}-nfe{k}" for k in FEW_NFES if f"{model}-nfe{k}" in have]
-    return (*BASELINES, *(f"unipc:{k}" for k in FEW_NFES), *plans)
+    students = [
+        f"student:{model}-distill{k}"
+        for k in FEW_NFES
+        if (ASSETS / f"{model}-distill{k}" / "plan.json").is_file()
+    ]
+    return (*BASELINES, *(f"unipc:{k}" for k in FEW_NFES), *plans, *students)
 
 
 @dataclass(frozen=True)
