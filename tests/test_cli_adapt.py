@@ -92,6 +92,10 @@ def test_adapt_errors(base_dir, tmp_path):
         main, [*common, "--base", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
     )
     assert "does not exist" in error_line(res)
+    res = runner.invoke(
+        main, [*common, "--ablate", "--eval-frames", "1", "--out", str(tmp_path / "e")]
+    )
+    assert "--eval-frames 1" in error_line(res) and not (tmp_path / "e").exists()
     # the remap's source schema must be the data's schema
     res = runner.invoke(
         main,

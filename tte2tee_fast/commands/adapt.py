@@ -128,6 +128,10 @@ def adapt_cmd(
     from tte2tee_fast.training.train import resume_config
 
     given = explicit_options(options)
+    if ablate and eval_frames == 1:
+        raise InputError(
+            "--eval-frames 1: KID and the Dice interval need at least 2 frames (0 skips)"
+        )
     if ablate and "targets" in given:
         raise InputError("--ablate trains every target preset: leave out --targets")
     if resume:
@@ -142,7 +146,7 @@ def adapt_cmd(
         if eval_frames:
             from tte2tee_fast.bench.adapters import AdapterEvalConfig, ablation_quality
 
-            table = ablation_quality(out_dir, AdapterEvalConfig(n=max(eval_frames, 2)))
+            table = ablation_quality(out_dir, AdapterEvalConfig(n=eval_frames))
         click.echo(f"ablation of {len(table['rows'])} presets in {out_dir}:")
         click.echo((Path(out_dir) / "ablation.md").read_text())
         return
