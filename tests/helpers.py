@@ -38,3 +38,26 @@ def error_line(result, *fragments: str) -> str:
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
     return lines[0]
+
+
+def generate_on(backends: tuple[str, ...], args: list[str], out_root) -> dict[str, tuple]:
+    """``tte2tee generate ARGS --backend B --precision fp32 --format npz`` per backend (fp32:
+    auto is bf16 for torch on a CPU with bf16 hardware, not for ORT): per backend the images
+    (int) and the dataset.json text."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from tte2tee_fast.cli import main
+
+    outs = {}
+    for backend in backends:
+        out = out_root / backend
+        run = CliRunner().invoke(
+            main,
+            ["generate", "--no-progress", *args, "--backend", backend, "--precision", "fp32",
+             "--format", "npz", "--out", str(out)],
+        )  # fmt: skip
+        assert run.exit_code == 0, run.output
+        with np.load(next(out.glob("*.npz"))) as z:
+            outs[backend] = (z["images"].astype(int), (out / "dataset.json").read_text())
+    return outs

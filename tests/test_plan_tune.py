@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import error_line, random_micro
+from helpers import error_line, generate_on, random_micro
 
 from tte2tee_fast.cli import main
 from tte2tee_fast.diffusion.dense import load_plan, run_dense_plan
@@ -176,34 +176,10 @@ def test_cli_tunes_a_plan_that_generate_and_the_runtime_run(tmp_path) -> None:
     assert plan.nfe == 3 and plan.source["model"]["backend"] == "torch"
     sampler = f"plan:{tmp_path / 'plans' / 'nfe3.json'}"
     # the plan on two backends (torch, ONNX Runtime): the same frames up to float rounding
-    outs = {}
-    for backend in ("torch", "ort"):
-        gen = CliRunner().invoke(
-            main,
-            [
-                "generate",
-                "--no-progress",
-                *common,
-                "--backend",
-                backend,
-                "--precision",  # auto is bf16 for torch on a CPU with bf16 hardware, not for ORT
-                "fp32",
-                "--sampler",
-                sampler,
-                "--n",
-                "3",
-                "--format",
-                "npz",
-                "--out",
-                str(tmp_path / backend),
-            ],
-        )
-        assert gen.exit_code == 0, gen.output
-        conf = json.loads((tmp_path / backend / "dataset.json").read_text())
-        assert "plan_sha256" in json.dumps(conf)
-        with np.load(next((tmp_path / backend).glob("*.npz"))) as z:
-            outs[backend] = z["images"].astype(int)
-    assert np.abs(outs["torch"] - outs["ort"]).max() <= 1
+    outs = generate_on(("torch", "ort"), [*common, "--sampler", sampler, "--n", "3"], tmp_path)
+    for _, conf in outs.values():
+        assert "plan_sha256" in conf
+    assert np.abs(outs["torch"][0] - outs["ort"][0]).max() <= 1
 
 
 def test_cli_refusals(tmp_path) -> None:

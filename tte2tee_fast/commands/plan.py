@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from tte2tee_fast.commands import backend_options, merged_adapter_option, model_option
@@ -17,15 +19,20 @@ def _nfes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
     return out
 
 
+def pair_masks_option(command: Callable) -> Callable:
+    """``--masks``: the mask source of the teacher's (noise, mask) pairs (tune-plan, distill)."""
+    return click.option(
+        "--masks",
+        default="phantom:tee",
+        show_default=True,
+        help="Mask source of the (noise, mask) pairs: phantom:tee, phantom:tte[:VIEW], a folder.",
+    )(command)
+
+
 @click.command("tune-plan")
 @model_option()
 @merged_adapter_option
-@click.option(
-    "--masks",
-    default="phantom:tee",
-    show_default=True,
-    help="Mask source of the (noise, mask) pairs: phantom:tee, phantom:tte[:VIEW], a folder.",
-)
+@pair_masks_option
 @click.option("--nfe", "nfes", default="4", show_default=True, callback=_nfes, help="e.g. 3,4,6")
 @click.option(
     "--pairs", type=click.IntRange(min=2), default=48, show_default=True, help="Teacher pairs."
@@ -113,12 +120,7 @@ def tune_plan_cmd(out: str, nfes: tuple[int, ...], **options) -> None:
 @click.command("distill")
 @model_option()
 @merged_adapter_option
-@click.option(
-    "--masks",
-    default="phantom:tee",
-    show_default=True,
-    help="Mask source of the (noise, mask) pairs: phantom:tee, phantom:tte[:VIEW], a folder.",
-)
+@pair_masks_option
 @click.option("--nfe", type=click.IntRange(min=1, max=8), default=4, show_default=True)
 @click.option(
     "--plan",
