@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -58,11 +57,11 @@ from tte2tee_fast.adapt.train import AdaptConfig, add_lora, check_base_unchanged
 from tte2tee_fast.condition.maskr2 import MaskR2Remap, MaskR2Spec
 from tte2tee_fast.diffusion.dense import DensePlan, run_dense_plan
 from tte2tee_fast.errors import InputError
-from tte2tee_fast.fsutil import staged_folder, write_json_atomic
-from tte2tee_fast.training.checkpoint import optimizer_from_flat, optimizer_to_flat
+from tte2tee_fast.fsutil import write_json_atomic
+from tte2tee_fast.training.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
 from tte2tee_fast.training.ema import EMA
-from tte2tee_fast.training.loop import batch_indices
-from tte2tee_fast.training.plan_tune import Trajectories, labels_digest, rel_rmse
+from tte2tee_fast.training.loop import batch_indices, truncate_log
+from tte2tee_fast.training.plan_tune import Trajectories, labels_digest, plan_error
 from tte2tee_fast.training.trainable import Trainable
 
 CONFIG_FILE = "distill_config.json"
@@ -200,19 +199,14 @@ def _net(model: nn.Module, bf16: bool) -> Callable:
     return net
 
 
-@torch.no_grad()
 def plan_rel_rmse(
     model: nn.Module, remap: MaskR2Remap, plan: DensePlan, traj: Trajectories, batch: int = 8
 ) -> float:
     """Relative RMSE of the frames of ``plan`` run by ``model`` (torch fp32) against the
-    teacher's solutions of ``traj``, all pairs."""
-    net, n, out = _net(model, False), traj.labels.shape[0], []
-    for lo in range(0, n, batch):
-        hi = min(lo + batch, n)
-        x_T = torch.from_numpy(np.array(traj.states[0, lo:hi]))[:, None]  # [b, 1, H, W]
-        cond = remap(torch.from_numpy(traj.labels[lo:hi]))
-        out.append(student_frames(net, plan, x_T, cond)[-1][:, 0].numpy())
-    return rel_rmse(np.concatenate(out), traj.solution)
+    teacher's solutions of ``traj``, all pairs
+    (:func:`~tte2tee_fast.training.plan_tune.plan_error` on the model's eps)."""
+    n = traj.labels.shape[0]
+    return plan_error(lambda x, t, lab: model(x, t, remap(lab)), traj, slice(0, n), plan, batch)
 
 
 def _run_key(
@@ -230,22 +224,7 @@ def _run_key(
     }
 
 
-def _save(out: Path, trainable: Trainable, ema: EMA, best: dict, opt: Any, state: dict) -> None:
-    with staged_folder(out / "checkpoint") as tmp:
-        tmp.mkdir()
-        save_file(
-            {k: v.contiguous() for k, v in trainable.state_dict().items()},
-            str(tmp / "model.safetensors"),
-        )
-        save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
-        save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
-        tensors, index = optimizer_to_flat(opt.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        write_json_atomic(tmp / "optimizer.json", index)
-        write_json_atomic(tmp / "state.json", state)
-
-
-def _ema_weights(trainable: Trainable, ema: EMA) -> dict[str, torch.Tensor]:
+def _ema_weights(ema: EMA) -> dict[str, torch.Tensor]:
     return {n: s.clone() for n, s in zip(ema.names, ema.shadow, strict=True)}
 
 
@@ -274,13 +253,12 @@ def distill(
         raise InputError("training and held-out teacher trajectories use different grids")
     key = _run_key(config, plan, train, val, identity)
     ckpt = out / "checkpoint"
-    saved = None
-    if (ckpt / "state.json").is_file():
+    saved = read_checkpoint_state(out)
+    if saved is not None:
         if not resume:
             raise InputError(
                 f"{out} already holds a distillation run: pass --resume or a new --out"
             )
-        saved = json.loads((ckpt / "state.json").read_text())
         differs = sorted(k for k in key if saved.get("key", {}).get(k) != key[k])
         if differs:
             raise InputError(f"cannot resume {out}: it was made with other {', '.join(differs)}")
@@ -295,30 +273,18 @@ def distill(
     remap = MaskR2Remap(spec)
     opt = torch.optim.Adam(list(trainable.parameters()), lr=config.lr)
     ema = EMA(trainable, config.ema_decay)
-    best = _ema_weights(trainable, ema)
-    state: dict[str, Any] = {"key": key, "step": 0, "seconds": 0.0, "history": []}
+    best = _ema_weights(ema)
+    state: dict[str, Any] = {"key": key, "step": 0, "seconds": 0.0}  # the log has the rest
     model.eval()  # no dropout / norm statistics in this network; eval keeps it deterministic
     if saved is None:
         teacher_err = plan_rel_rmse(model, remap, plan, val)
         state |= {"best_val": teacher_err, "best_step": 0, "teacher_val": teacher_err}
-        state["history"].append({"step": 0, "val_rel_rmse": teacher_err})
         out.mkdir(parents=True, exist_ok=True)
-        (out / LOG_FILE).write_text(json.dumps(state["history"][0]) + "\n")
+        (out / LOG_FILE).write_text(json.dumps({"step": 0, "val_rel_rmse": teacher_err}) + "\n")
     else:
-        try:
-            trainable.load_state_dict(load_file(str(ckpt / "model.safetensors")), str(ckpt))
-            ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
-            best = load_file(str(ckpt / "best.safetensors"))
-            index = json.loads((ckpt / "optimizer.json").read_text())
-            opt.load_state_dict(
-                optimizer_from_flat(load_file(str(ckpt / "optimizer.safetensors")), index)
-            )
-        except InputError:
-            raise
-        except Exception as err:  # a truncated file, another shape...
-            raise InputError(f"checkpoint {ckpt} cannot be restored: {err}") from None
+        best = load_checkpoint(ckpt, trainable, ema, opt, extra=("best",))["best"]
         state = saved
-        _truncate(out / LOG_FILE, state["step"])
+        truncate_log(out / LOG_FILE, state["step"])
     write_json_atomic(out / CONFIG_FILE, config.to_json())
 
     net = _net(model, config.bf16)
@@ -359,17 +325,16 @@ def distill(
                 err = plan_rel_rmse(model, remap, plan, val)
                 if err < state["best_val"]:
                     state["best_val"], state["best_step"] = err, step + 1
-                    best = _ema_weights(trainable, ema)
+                    best = _ema_weights(ema)
                 trainable.load_state_dict(raw)
                 entry["val_rel_rmse"] = err
-                state["history"].append({"step": step + 1, "val_rel_rmse": err})
                 bar.set_postfix_str(
                     f"held-out {100 * err:.3g} % (best {100 * state['best_val']:.3g})"
                 )
             log.write(json.dumps(entry) + "\n")
             log.flush()
             if (step + 1) % config.checkpoint_every == 0 or last:
-                _save(out, trainable, ema, best, opt, state)
+                save_checkpoint(out, trainable, ema, opt, state, extra={"best": best})
             bar.update()
     finally:
         log.close()
@@ -391,13 +356,3 @@ def distill(
         preset=preset,
         rank=rank,
     )
-
-
-def _truncate(path: Path, step: int) -> None:
-    """Drop log lines after ``step`` (a run killed between checkpoints logged them twice)."""
-    if not path.is_file():
-        return
-    keep = [
-        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
-    ]
-    path.write_text("".join(ln + "\n" for ln in keep))

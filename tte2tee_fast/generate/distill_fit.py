@@ -109,9 +109,7 @@ def distill_adapter(
 
     # the student on the teacher's backend: its identity and held-out error, then its plan
     student = build_denoiser(model_dir, str(out), backend, precision, batch=batch_size)
-    err = plan_error(
-        lambda x, t, lab: student(x, t, lab), val, slice(0, val_pairs), the_plan, batch_size
-    )
+    err = plan_error(student, val, slice(0, val_pairs), the_plan, batch_size)
     teacher_err = plan_error(eps_fn, val, slice(0, val_pairs), the_plan, batch_size)
     source: dict[str, Any] = {
         "method": "distilled LoRA student: trajectory distillation through its own chain "

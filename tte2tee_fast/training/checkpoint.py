@@ -69,11 +69,13 @@ def save_checkpoint(
     ema: EMA,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write ``out_dir/checkpoint`` atomically (a temporary folder renamed when complete).
 
     ``model.safetensors`` holds ``model.state_dict()``: every weight of a model, or only the
-    trained tensors of a :class:`Trainable` (the LoRA weights of an adapter run).
+    trained tensors of a :class:`Trainable` (the LoRA weights of an adapter run). ``extra``:
+    more named tensor sets a run keeps (``NAME.safetensors``, e.g. the best weights so far).
     """
     dest = out_dir / "checkpoint"
     with staged_folder(dest) as tmp:
@@ -83,6 +85,8 @@ def save_checkpoint(
         opt_tensors, opt_index = optimizer_to_flat(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         write_json_atomic(tmp / "optimizer.json", opt_index)
+        for name, tensors in (extra or {}).items():
+            save_file(_tensors(tensors), str(tmp / f"{name}.safetensors"))
         write_json_atomic(tmp / "state.json", state)
     return dest
 
@@ -99,15 +103,22 @@ def read_checkpoint_state(out_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def load_checkpoint(
-    ckpt: Path, trainable: Trainable, ema: EMA, optimizer: torch.optim.Optimizer
-) -> None:
-    """Restore ``trainable``, ``ema`` and ``optimizer`` from checkpoint folder ``ckpt``."""
+    ckpt: Path,
+    trainable: Trainable,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    extra: tuple[str, ...] = (),
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Restore ``trainable``, ``ema`` and ``optimizer`` from checkpoint folder ``ckpt``; returns
+    the ``extra`` tensor sets by name (see :func:`save_checkpoint`)."""
     try:
+        out = {name: load_file(str(ckpt / f"{name}.safetensors")) for name in extra}
         trainable.load_state_dict(load_file(str(ckpt / "model.safetensors")), where=str(ckpt))
         ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         index = json.loads((ckpt / "optimizer.json").read_text())
         tensors = load_file(str(ckpt / "optimizer.safetensors"))
         optimizer.load_state_dict(optimizer_from_flat(tensors, index))
+        return out
     except InputError:
         raise
     except Exception as err:  # missing file, truncated safetensors, shape mismatch...

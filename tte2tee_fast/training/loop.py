@@ -180,7 +180,7 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, ckpt: Path) -> 
         )
 
 
-def _truncate_log(log_path: Path, step: int) -> None:
+def truncate_log(log_path: Path, step: int) -> None:
     """Keep the log lines of steps <= ``step`` (those after it are about to be rerun)."""
     if not log_path.is_file():
         return
@@ -280,7 +280,7 @@ def fit(
     if saved is not None:
         load_checkpoint(out / "checkpoint", trainable, ema, optimizer)
         start, seconds = int(saved["step"]), float(saved.get("seconds", 0.0))
-        _truncate_log(out / "train_log.jsonl", start)
+        truncate_log(out / "train_log.jsonl", start)
 
     schedule = NoiseSchedule.cosine(1000)
     T = schedule.num_train_timesteps
