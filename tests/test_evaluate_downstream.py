@@ -65,7 +65,12 @@ def test_split_keeps_cases_together():
 def test_tiny_experiment_report(tmp_path):
     syn = _phantom(tmp_path, "syn")
     report = run_downstream("phantom-tee", syn, tmp_path / "ds", cfg=TINY)
-    assert {p.name for p in (tmp_path / "ds").iterdir()} == {"report.json", "report.md", "dice.png"}
+    assert {p.name for p in (tmp_path / "ds").iterdir()} == {
+        "report.json",
+        "report.md",
+        "dice.png",
+        "arms.jsonl",
+    }
     assert json.loads((tmp_path / "ds" / "report.json").read_text())["n_test"] == 6
     assert Image.open(tmp_path / "ds" / "dice.png").size[0] > 100
     arms = [(e["n_real"], e["ratio"], e["n_synthetic"]) for e in report["table"]]
@@ -87,6 +92,40 @@ def test_tiny_experiment_report(tmp_path):
         assert report["table"][2][s]["mean"] == pytest.approx(mean)
     md = (tmp_path / "ds" / "report.md").read_text()
     assert "| 6 | real + synthetic 1:1 | 6 |" in md and "Paired difference" in md
+
+
+def test_killed_run_resumes_its_finished_arms(tmp_path, monkeypatch):
+    """A run killed after two arms (and in the middle of writing a third) trains only the
+    missing arms again and reports what the straight run reports; another seed list extends it;
+    other settings into the same folder are refused."""
+    import dataclasses
+
+    import tte2tee_fast.evaluate.downstream as ds
+
+    syn = _phantom(tmp_path, "syn")
+    straight = run_downstream("phantom-tee", syn, tmp_path / "a", cfg=TINY)
+    out = tmp_path / "b"
+    out.mkdir()
+    lines = (tmp_path / "a" / "arms.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 6  # the key, then one line per arm
+    (out / "arms.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    trained = []
+    real_train = ds.train_segmenter
+    monkeypatch.setattr(
+        ds, "train_segmenter", lambda *a, **k: trained.append(1) or real_train(*a, **k)
+    )
+    resumed = run_downstream("phantom-tee", syn, out, cfg=TINY)
+    assert len(trained) == 4 and resumed["resumed_arms"] == 2
+    for a, b in zip(straight["runs"], resumed["runs"], strict=True):
+        assert a["dice"] == b["dice"] and a["real_frames"] == b["real_frames"]
+    assert resumed["table"] == straight["table"]
+    assert resumed["paired_difference"] == straight["paired_difference"]
+    more = run_downstream("phantom-tee", syn, out, cfg=dataclasses.replace(TINY, seeds=(0, 1, 2)))
+    assert len(trained) == 4 + 3 and more["resumed_arms"] == 6
+    other = dataclasses.replace(TINY, segmenter=dataclasses.replace(TINY.segmenter, steps=9))
+    with pytest.raises(ds.InputError, match="arms of another experiment"):
+        run_downstream("phantom-tee", syn, out, cfg=other)
+    assert (out / "report.json").exists()  # the refused run left the finished report alone
 
 
 def test_downstream_command_errors(tmp_path):

@@ -320,7 +320,8 @@ def realism_cmd(
     "out_dir",
     required=True,
     type=click.Path(file_okay=False),
-    help="Report folder: report.json, report.md, dice.png.",
+    help="Report folder: report.json, report.md, dice.png, and arms.jsonl (finished arms: "
+    "a rerun of a killed run continues from them).",
 )
 @click.option(
     "--quick",

@@ -18,13 +18,21 @@ Protocol (one call of :func:`run_downstream`):
    and per paired difference its mean and 95 % t interval over seeds.
 
 The synthetic frames keep their own (raw TEE) masks; both sets must be in one schema.
-Outputs: ``report.json``, ``report.md`` (the table) and ``dice.png`` (bar plot) in one folder.
+Outputs: ``report.json``, ``report.md`` (the table) and ``dice.png`` (bar plot) in one folder,
+beside ``arms.jsonl``: every finished arm, appended as it finishes, so a killed run (the full
+experiment is hours on 2 cores) continues where it stopped. The file's first line keys the
+experiment (data bytes and every setting an arm's result depends on); a rerun into the same
+folder reuses the arms of the same key (also to add seeds) and refuses a file of another key.
 
 >>> run_downstream("phantom-tee", "runs/gen-tee", "runs/downstream", quick=True)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -227,8 +235,16 @@ def run_downstream(
             f"the arms need up to {max(cfg.n_real)}"
         )
     structures = structure_names(real_set.schema)
+    arms_path = Path(out) / ARMS_FILE
+    key = experiment_key(cfg, real_set, syn_set)
+    done = read_arms(arms_path, key)
+    arms_path.parent.mkdir(parents=True, exist_ok=True)
+    # rewritten whole, so a torn last line of a killed run is gone before the next append
+    write_text_atomic(
+        arms_path, "".join(json.dumps(r) + "\n" for r in [{"key": key}, *done.values()])
+    )
     results = []
-    t0 = time.perf_counter()
+    total, count = len(cfg.seeds) * len(arms(cfg)), 0
     for seed in cfg.seeds:
         rng = np.random.default_rng([seed, 0xD0])
         real_order = train_idx[rng.permutation(len(train_idx))]
@@ -239,6 +255,11 @@ def run_downstream(
             r_idx, s_idx = real_order[:n_real], syn_order[:n_syn]
             if n_real + n_syn == 0:
                 raise InputError(f"arm n_real={n_real}, ratio={ratio}: empty training set")
+            count += 1
+            if (int(seed), n_real, ratio) in done:
+                results.append(done[(int(seed), n_real, ratio)])
+                continue
+            t0 = time.perf_counter()
             images = np.concatenate(
                 [_at(real_set.images[r_idx], size), _at(syn_set.images[s_idx], size)]
             )
@@ -256,11 +277,13 @@ def run_downstream(
                 "n_synthetic": n_syn,
                 "dice": {s: float(np.nanmean(dice[:, k])) for k, s in enumerate(structures)},
                 "real_frames": [real_set.names[i] for i in r_idx],
+                "seconds": round(time.perf_counter() - t0, 3),
             }
+            _append_line(arms_path, row)
             results.append(row)
             if log is not None:
                 log(
-                    f"seed {seed} n_real {n_real} synthetic {n_syn}: "
+                    f"[{count}/{total}] seed {seed} n_real {n_real} synthetic {n_syn}: "
                     + " ".join(f"{s} {100 * v:.1f}" for s, v in row["dice"].items())
                 )
     report = _summarise(results, structures, cfg)
@@ -275,16 +298,66 @@ def run_downstream(
             "test_cases": sorted({case_of(real_set.names[i]) for i in test_idx}),
             "config": asdict(cfg),
             "quick": bool(quick),
-            "seconds": time.perf_counter() - t0,
+            "seconds": sum(
+                float(r.get("seconds", 0.0)) for r in results
+            ),  # every arm's, resumed too
+            "resumed_arms": sum(1 for r in results if (r["seed"], r["n_real"], r["ratio"]) in done),
             "runs": results,
         }
     )
     with staged_folder(out) as tmp:
         tmp.mkdir()
+        shutil.copyfile(arms_path, tmp / ARMS_FILE)
         write_json_atomic(tmp / "report.json", report)
         write_text_atomic(tmp / "report.md", format_markdown(report))
         plot_report(report, tmp / "dice.png")
     return report
+
+
+ARMS_FILE = "arms.jsonl"
+
+
+def experiment_key(cfg: DownstreamConfig, real: Frames, synthetic: Frames) -> dict:
+    """What one arm's result depends on, besides its seed and its (n_real, ratio): the bytes and
+    names of both sets and every setting except the lists of seeds, n_real and ratios."""
+    h = hashlib.sha256()
+    for arr in (real.images, real.masks, synthetic.images, synthetic.masks):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(json.dumps([list(real.names), list(synthetic.names)]).encode())
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "n_real", "ratios")}
+    return {"data_sha256": h.hexdigest(), "settings": settings}
+
+
+def read_arms(path: Path, key: dict) -> dict[tuple[int, int, int], dict]:
+    """Finished arms of ``path`` keyed ``(seed, n_real, ratio)``; a missing file gives none, a
+    file of another experiment is refused, a torn last line (a killed write) is dropped."""
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        head = json.loads(lines[0])["key"] if lines else None
+    except (ValueError, KeyError, TypeError):
+        head = None
+    if head != json.loads(json.dumps(key)):
+        raise InputError(
+            f"{path}: holds arms of another experiment (other frames or settings); "
+            "remove it or choose another --out"
+        )
+    done = {}
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        done[(row["seed"], row["n_real"], row["ratio"])] = row
+    return done
+
+
+def _append_line(path: Path, obj: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _at(arr: np.ndarray, size: int, labels: bool = False) -> np.ndarray:
