@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from tte2tee_fast.data.schemas import get_schema
+from tte2tee_fast.data.schemas import get_schema, present_values
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.fsutil import write_json_atomic
 
@@ -210,7 +210,7 @@ def label_values(meta: dict[str, Any]) -> np.ndarray:
 def check_labels(meta: dict[str, Any], labels: np.ndarray, where: str = "labels") -> None:
     """InputError listing every value of ``labels`` that the engine's schema lacks."""
     allowed = label_values(meta)
-    present = np.unique(labels)
+    present = present_values(labels)
     bad = present[~np.isin(present, allowed)]
     if bad.size:
         names = ", ".join(get_schema(meta["schema"]).names)

@@ -158,7 +158,10 @@ class MaskR2Spec:
     def check_labels(self, labels: torch.Tensor | np.ndarray, source: str = "labels") -> None:
         """Raise :class:`InputError` naming ``source`` and every value the source schema lacks."""
         if isinstance(labels, torch.Tensor):
-            labels = torch.unique(labels).cpu().numpy()  # unique on the device, small copy
+            # on the device: unique there and a small copy; on the CPU: numpy's counting pass
+            # (torch.unique sorts: ~15 ms on a batch of 8 label maps of 128², 30x slower)
+            on_cpu = labels.device.type == "cpu"
+            labels = labels.numpy() if on_cpu else torch.unique(labels).cpu().numpy()
         self.source.validate(np.asarray(labels), source=source)
 
 
