@@ -17,7 +17,9 @@ error against the phantom's own frames of the same masks; ratios ``ours / refere
 Roofline: FLOPs of one forward counted with ``torch.utils.flop_counter`` (a multiply-add = 2),
 the peak matrix-product rate of this machine measured in the same run (fp32 and bf16
 ``torch.mm``), achieved GFLOP/s of each pipeline's network time, and the share of ours' time
-outside the network (loop, masks, encoding) against ``NFE x forward time``.
+outside the network (loop, masks, encoding) against ``NFE x forward time`` (the median of five
+forwards at the network batch). Every pipeline is timed after one untimed forward of its network
+(engines and torch allocate on the first call, and with ``n = 8`` ours is a single batch).
 """
 
 from __future__ import annotations
@@ -239,12 +241,18 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
         ),
         "ours": (config.n, _nfe(ours), lambda lab: run_ours(frame_fn, lab)),
     }
+    warm = {
+        "reference": lambda n: warm_up(peft, spec, labels[:n], config.device),
+        "diffusers": lambda n: warm_up(peft, spec, labels[:n], config.device),
+        "ours": lambda n: _forward_seconds(frame_fn, labels[: config.batch_size], config, 0),
+    }
     rows = {}
     for name in config.pipelines:
         n, nfe, fn = runs[name]
         if progress:
             print(f"bench e2e: {name} ({n} frames, {nfe} NFE each)", flush=True)
         lab = labels[:n]
+        warm[name](n)  # untimed: first-call allocation is not a per-frame cost
         t0 = time.perf_counter()
         images = fn(lab)
         seconds = time.perf_counter() - t0
@@ -297,24 +305,35 @@ def _nfe(config: E2EConfig) -> int:
     return sampler_plan(config.sampler, config.steps, config.spacing, 7.0, config.t_max, t_min).nfe
 
 
+@torch.no_grad()
+def warm_up(model: torch.nn.Module, spec: Any, labels: np.ndarray, device: str) -> None:
+    """One untimed forward of the torch pipelines' network at their batch (``labels [N, S, S]``)."""
+    from tte2tee_fast.condition.maskr2 import remap_one_hot
+
+    cond = remap_one_hot(torch.from_numpy(labels.astype(np.int64)).to(device), spec)
+    x = torch.zeros(len(labels), 1, *labels.shape[1:], device=device)
+    model(x, torch.full((len(labels),), 500, device=device), cond)
+
+
 def _forward_seconds(
-    frame_fn: Any, labels: np.ndarray, config: E2EConfig, repeats: int = 3
+    frame_fn: Any, labels: np.ndarray, config: E2EConfig, repeats: int = 5
 ) -> float:
-    """Seconds per image of one forward of ours' denoiser at the network batch."""
+    """Seconds per image of one forward of ours' denoiser at the network batch: the median of
+    ``repeats`` timed calls after an untimed one (``repeats=0``: the warm-up call only, 0.0)."""
     b = config.batch_size
     dev = frame_fn.den.device
     lab = torch.from_numpy(np.resize(labels, (b, *labels.shape[1:])).astype(np.int64)).to(dev)
     x = torch.randn(b, 1, *labels.shape[1:], device=dev)
     t = torch.full((b,), 500, device=dev)
     frame_fn.den(x, t, lab)
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         sync(dev)
         t0 = time.perf_counter()
         frame_fn.den(x, t, lab)
         sync(dev)
-        best = min(best, time.perf_counter() - t0)
-    return best / b
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) / b if times else 0.0
 
 
 def markdown(result: dict) -> str:

@@ -194,15 +194,12 @@ def bench_fewstep(config: FewStepConfig, progress: bool = True) -> dict:
         m: student_denoiser(config, m, ident) for m in config.methods if m.startswith("student:")
     }
 
-    def eps_fn(x: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        return den(x, t, lab)
-
     teacher = TeacherConfig(
         steps=config.teacher_steps, seed=config.seed, batch_size=config.batch_size
     )
     labels = masks.astype(np.int64)
     folder = config.teacher_dir or teacher_folder(ident, teacher, labels)
-    ode = teacher_trajectories(eps_fn, labels, teacher, folder, ident, progress).solution
+    ode = teacher_trajectories(den, labels, teacher, folder, ident, progress).solution
 
     m = config.n_ddpm
 
