@@ -18,8 +18,9 @@ Roofline: FLOPs of one forward counted with ``torch.utils.flop_counter`` (a mult
 the peak matrix-product rate of this machine measured in the same run (fp32 and bf16
 ``torch.mm``), achieved GFLOP/s of each pipeline's network time, and the share of ours' time
 outside the network (loop, masks, encoding) against ``NFE x forward time`` (the median of five
-forwards at the network batch). Every pipeline is timed after one untimed forward of its network
-(engines and torch allocate on the first call, and with ``n = 8`` ours is a single batch).
+forwards at the network batch). Every pipeline is timed after an untimed warm-up (the torch ones:
+one forward of their network; ours: one frame-function batch), since engines and torch allocate
+on the first call and with ``n = 8`` ours is a single batch.
 """
 
 from __future__ import annotations
@@ -241,10 +242,14 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
         ),
         "ours": (config.n, _nfe(ours), lambda lab: run_ours(frame_fn, lab)),
     }
-    warm = {
-        "reference": lambda n: warm_up(peft, spec, labels[:n], config.device),
-        "diffusers": lambda n: warm_up(peft, spec, labels[:n], config.device),
-        "ours": lambda n: _forward_seconds(frame_fn, labels[: config.batch_size], config, 0),
+
+    def warm_torch(n: int) -> None:
+        warm_up(peft, spec, labels[:n], config.device)
+
+    warm = {  # ours: one frame-function batch (a few forwards), its sampler path included
+        "reference": warm_torch,
+        "diffusers": warm_torch,
+        "ours": lambda n: run_ours(frame_fn, labels[: config.batch_size]),
     }
     rows = {}
     for name in config.pipelines:
@@ -319,7 +324,7 @@ def _forward_seconds(
     frame_fn: Any, labels: np.ndarray, config: E2EConfig, repeats: int = 5
 ) -> float:
     """Seconds per image of one forward of ours' denoiser at the network batch: the median of
-    ``repeats`` timed calls after an untimed one (``repeats=0``: the warm-up call only, 0.0)."""
+    ``repeats`` timed calls after an untimed one."""
     b = config.batch_size
     dev = frame_fn.den.device
     lab = torch.from_numpy(np.resize(labels, (b, *labels.shape[1:])).astype(np.int64)).to(dev)
@@ -333,7 +338,7 @@ def _forward_seconds(
         frame_fn.den(x, t, lab)
         sync(dev)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times)) / b if times else 0.0
+    return float(np.median(times)) / b
 
 
 def markdown(result: dict) -> str:
