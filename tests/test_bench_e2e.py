@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from test_adapter import make_adapter, micro_base
 
 from tte2tee_fast.adapt.adapter import attach_adapter
+from tte2tee_fast.bench import e2e
 from tte2tee_fast.bench.e2e import E2EConfig, forward_flops
 from tte2tee_fast.cli import main
 from tte2tee_fast.errors import InputError
@@ -37,6 +38,14 @@ def test_bench_e2e_quick_on_a_micro_model(tmp_path) -> None:
         assert row["frames_per_s"] > 0 and 0.0 <= row["fidelity"]["mean_dice"]["mean"] <= 1.0
     assert result["pipelines"]["reference"]["nfe"] == 8
     assert result["ratios"]["ours/reference"] > 0
+    roof = result["ours_network_share_of_peak"]  # torch fp32: against the fp32 peak
+    assert roof["precision"] == "fp32" and len(roof["pairs"]) == 5
+    for net, peak, share in roof["pairs"]:
+        assert share == pytest.approx(net / peak) and peak > 0
+    assert roof["share"] == pytest.approx(sorted(p[2] for p in roof["pairs"])[2])
+    peaks = result["mm_gflops_by_size"]["fp32"]
+    assert result["peak_gflops"]["fp32"] == max(peaks.values())
+    assert str(roof["mm_size"]) == max(peaks, key=peaks.get)
     # FLOPs of the network the reference runs: the base with its LoRA layers unmerged
     peft = attach_adapter(copy.deepcopy(base), tmp_path / "lora")
     assert result["flops_per_forward"] == forward_flops(peft, 32, 5) > forward_flops(base, 32, 5)
@@ -56,6 +65,29 @@ def test_forward_flops_counts_a_known_layer() -> None:
             return self.conv(x)
 
     assert forward_flops(OneConv(), 8, 5) == 2 * 4 * 9 * 8 * 8
+
+
+def test_mm_rates_time_windows_and_take_the_best(monkeypatch) -> None:
+    """On a fake clock where a product of size n takes 2 n^3 / rate(n) seconds, and the untimed
+    product plus the first window of size 64 (8 calls) run at half speed: each size's rate is
+    its fast windows' exactly and the peak is the faster size."""
+    import torch
+
+    rate = {64: 100e9, 128: 300e9}  # FLOP/s
+    clock = {"now": 0.0, "calls": 0}
+
+    def fake_mm(a, b):
+        clock["calls"] += 1
+        slow = 2.0 if clock["calls"] <= 8 else 1.0
+        clock["now"] += slow * 2 * a.shape[0] ** 3 / rate[a.shape[0]]
+        return a
+
+    monkeypatch.setattr(e2e.torch, "mm", fake_mm)
+    monkeypatch.setattr(e2e.time, "perf_counter", lambda: clock["now"])
+    seconds = 5 * 2 * 128**3 / rate[128]  # five products of 128: 6.7 slow ones of 64
+    rates = e2e.mm_rates(torch.float32, sizes=(64, 128), seconds=seconds, windows=3)
+    assert rates == pytest.approx({64: 100.0, 128: 300.0}, rel=1e-9)  # GFLOP/s
+    assert e2e.peak_gflops(torch.float32, sizes=(64, 128), seconds=seconds) == pytest.approx(300)
 
 
 def test_config_errors() -> None:

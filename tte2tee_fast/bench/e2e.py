@@ -16,8 +16,10 @@ error against the phantom's own frames of the same masks; ratios ``ours / refere
 
 Roofline: FLOPs of one forward counted with ``torch.utils.flop_counter`` (a multiply-add = 2),
 the peak matrix-product rate of this machine measured in the same run (fp32 and bf16
-``torch.mm``), achieved GFLOP/s of each pipeline's network time, and the share of ours' time
-outside the network (loop, masks, encoding) against ``NFE x forward time`` (the median of five
+``torch.mm`` at 1024 and 2048 cubed, timed windows: :func:`mm_rates`), ours' network rate (the
+forwards) as a share of the peak of its precision (16-bit engines against the bf16 peak,
+the rest against fp32; five adjacent forward / mm pairs, the median: :func:`paired_roofline`), achieved GFLOP/s of each pipeline, and the share of ours' time outside
+the network (loop, masks, encoding) against ``NFE x forward time`` (the median of five
 forwards at the network batch). Every pipeline is timed after an untimed warm-up (the torch ones:
 one forward of their network; ours: one frame-function batch), since engines and torch allocate
 on the first call and with ``n = 8`` ours is a single batch.
@@ -77,21 +79,52 @@ class E2EConfig:
 QUICK = {"n": 2, "n_reference": 1, "reference_steps": 8, "diffusers_steps": 4, "steps": 4}
 
 
-def peak_gflops(
-    dtype: torch.dtype, size: int = 1024, repeats: int = 3, device: str = "cpu"
-) -> float:
-    """The matrix-product rate of this machine now: best of ``repeats`` ``size``-cubed mm."""
+PEAK_SIZES = (1024, 2048)  # bf16 mm on the AMX machine: 1024 runs at ~60 % of 2048's rate
+
+
+def mm_rates(
+    dtype: torch.dtype,
+    sizes: tuple[int, ...] = PEAK_SIZES,
+    seconds: float = 0.2,
+    windows: int = 3,
+    device: str = "cpu",
+) -> dict[int, float]:
+    """GFLOP/s of ``torch.mm`` on ``size``-cubed matrices, per size: the best of ``windows``
+    timed windows of at least ``seconds`` each (back-to-back products after one untimed one).
+
+    Single products of 1024-cubed last a few ms on a 2-core machine and their rate wandered
+    3x between sessions (309-1112 GFLOP/s bf16), so each window repeats the product until it has
+    run ``seconds``; larger sizes reach a higher rate (oneDNN's blocking), hence several."""
+    rates = {}
+    for size in sizes:
+        a, b = _mm_operands(size, dtype, device)
+        rates[size] = max(_mm_window(a, b, seconds, device) for _ in range(windows))
+    return rates
+
+
+def _mm_operands(size: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
+    torch.mm(a, b)  # untimed: first-call allocation
+    return a, b
+
+
+def _mm_window(a: torch.Tensor, b: torch.Tensor, seconds: float, device: str) -> float:
+    """GFLOP/s of back-to-back ``a @ b`` (square) over one window of at least ``seconds``."""
+    sync(device)
+    count, t0 = 0, time.perf_counter()
+    while True:
         torch.mm(a, b)
+        count += 1
         sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best / 1e9
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return 2 * a.shape[0] ** 3 * count / elapsed / 1e9
+
+
+def peak_gflops(dtype: torch.dtype, device: str = "cpu", **kwargs: Any) -> float:
+    """The peak matrix-product rate of this machine now: the best of :func:`mm_rates`."""
+    return max(mm_rates(dtype, device=device, **kwargs).values())
 
 
 def forward_flops(model: torch.nn.Module, size: int, channels: int) -> int:
@@ -280,15 +313,28 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
     if "ours" in rows:
         net = _nfe(ours) * forward_s
         outside = 1.0 - net / rows["ours"]["seconds_per_frame"]
+    peaks = {  # after the pipelines, so their warm-up does not overlap the probe
+        name: mm_rates(dtype, device=config.device)
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    precision = "bf16" if frame_fn.info.get("precision") in ("bf16", "fp16") else "fp32"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    best_size = max(peaks[precision], key=peaks[precision].get)
+    share = {  # ours' network (one forward) against the peak of its precision measured next
+        "precision": precision,
+        "mm_size": best_size,
+        **paired_roofline(
+            frame_fn, labels, flops, config.batch_size, dtype, best_size, device=config.device
+        ),
+    }
     return {
         "config": dataclasses.asdict(config),
         "machine": machine_info(torch.device(config.device)),
         "ours_backend": frame_fn.info,
         "flops_per_forward": flops,
-        "peak_gflops": {
-            "fp32": peak_gflops(torch.float32, device=config.device),
-            "bf16": peak_gflops(torch.bfloat16, device=config.device),
-        },
+        "peak_gflops": {k: max(v.values()) for k, v in peaks.items()},
+        "mm_gflops_by_size": peaks,
+        "ours_network_share_of_peak": share,
         "ours_forward_s_per_image": forward_s,
         "ours_share_outside_network": outside,
         "pipelines": rows,
@@ -325,20 +371,53 @@ def _forward_seconds(
 ) -> float:
     """Seconds per image of one forward of ours' denoiser at the network batch: the median of
     ``repeats`` timed calls after an untimed one."""
-    b = config.batch_size
+    forward = _forward_timer(frame_fn, labels, config.batch_size)
+    return float(np.median([forward() for _ in range(repeats)]))
+
+
+def _forward_timer(frame_fn: Any, labels: np.ndarray, batch: int) -> Any:
+    """A function timing one forward of ours' denoiser on ``batch`` images (seconds per image),
+    after one untimed call."""
     dev = frame_fn.den.device
-    lab = torch.from_numpy(np.resize(labels, (b, *labels.shape[1:])).astype(np.int64)).to(dev)
-    x = torch.randn(b, 1, *labels.shape[1:], device=dev)
-    t = torch.full((b,), 500, device=dev)
+    lab = torch.from_numpy(np.resize(labels, (batch, *labels.shape[1:])).astype(np.int64)).to(dev)
+    x = torch.randn(batch, 1, *labels.shape[1:], device=dev)
+    t = torch.full((batch,), 500, device=dev)
     frame_fn.den(x, t, lab)
-    times = []
-    for _ in range(repeats):
+
+    def forward() -> float:
         sync(dev)
         t0 = time.perf_counter()
         frame_fn.den(x, t, lab)
         sync(dev)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) / b
+        return (time.perf_counter() - t0) / batch
+
+    return forward
+
+
+def paired_roofline(
+    frame_fn: Any,
+    labels: np.ndarray,
+    flops: int,
+    batch: int,
+    dtype: torch.dtype,
+    size: int,
+    pairs: int = 5,
+    seconds: float = 0.2,
+    device: str = "cpu",
+) -> dict:
+    """Ours' network rate as a share of the mm peak, measured in ``pairs`` adjacent pairs (one
+    forward, then one ``size``-cubed mm window of ``seconds``): the machine's speed drifts within
+    minutes on a shared host (the peak probe read 542-912 GFLOP/s bf16 in one quarter hour), so
+    each forward is set against the peak measured right after it; the share is the median."""
+    forward = _forward_timer(frame_fn, labels, batch)
+    a, b = _mm_operands(size, dtype, device)
+    rows = []
+    for _ in range(pairs):
+        net = flops / forward() / 1e9
+        peak = _mm_window(a, b, seconds, device)
+        rows.append((net, peak, net / peak))
+    net, peak, share = (float(np.median([r[i] for r in rows])) for i in range(3))
+    return {"network_gflops": net, "peak_gflops": peak, "share": share, "pairs": rows}
 
 
 def markdown(result: dict) -> str:
@@ -360,6 +439,13 @@ def markdown(result: dict) -> str:
     lines.append(
         f"- network: {result['flops_per_forward'] / 1e9:.2f} GFLOP per forward; peak mm "
         f"{peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16 (measured now)"
+    )
+    roof = result["ours_network_share_of_peak"]
+    lines.append(
+        f"- ours' network: {roof['network_gflops']:.0f} GFLOP/s = "
+        f"{100 * roof['share']:.0f} % of the {roof['precision']} mm peak measured beside each "
+        f"forward ({roof['peak_gflops']:.0f} GFLOP/s at {roof['mm_size']}^3; median of "
+        f"{len(roof['pairs'])} pairs)"
     )
     if result["ours_share_outside_network"] is not None:
         lines.append(

@@ -1,0 +1,184 @@
+"""Where ours' network time goes in OpenVINO: per-layer-type time of the default engine
+(packaged base + ``phantom-tee`` merged, the static batch of ``tte2tee generate``) from
+OpenVINO's own counters (``PERF_COUNT``), and the convolutions' achieved GFLOP/s (their FLOPs
+counted by torch) beside the torch.mm peak of the same precision measured in the same process.
+
+    python benchmarks/probes/openvino_profile.py [--precision bf16] [--batch 8] [--repeats 5]
+    python benchmarks/probes/openvino_profile.py --groupnorm reductions
+
+``--groupnorm reductions`` exports group norms as per-channel ``ReduceMean`` of ``x`` and ``x^2``
+averaged over each group by a constant 1x1 convolution (``y = x * rstd + shift``) instead of the
+exporter's ``Reshape -> InstanceNorm -> Reshape``; it checks the engine against the default one in
+ONNX Runtime first. Eleventh session (benchmarks/RESULTS.md, 'Roofline: where the network
+time goes'): the default engine spends ~52 % in convolutions (at ~85 % of the 2048-cubed mm
+peak), ~19 % in layout reorders around the group norms' MVN, ~14 % in fused elementwise
+subgraphs and ~5 % in MVN; the reductions variant removes the reorders but adds as much
+elementwise and reduction time (no net gain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tte2tee_fast.export.onnx_export import (
+    engine_metadata,
+    example_inputs,
+    export_denoiser,
+    load_merged,
+)
+from tte2tee_fast.export.openvino import import_openvino
+
+from tte2tee_fast.bench.e2e import mm_rates
+
+CONV_OPS = ("aten.convolution",)  # flop_counter's key of the convolutions
+
+
+def conv_flops(model: torch.nn.Module, size: int, channels: int) -> tuple[int, int]:
+    """``(convolution FLOPs, all FLOPs)`` of one forward of one image, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 1, size, size)
+    cond = torch.zeros(1, channels, size, size)
+    cond[:, 0] = 1
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x, torch.tensor([500]), cond)
+    per_op = counter.get_flop_counts()["Global"]
+    conv = sum(v for k, v in per_op.items() if str(k) in CONV_OPS)
+    return int(conv), int(counter.get_total_flops())
+
+
+def group_norm_by_reductions() -> Any:
+    """A TorchScript-exporter symbolic of ``aten::group_norm`` without large reshapes."""
+    from torch.onnx import symbolic_helper as sh
+
+    @sh.parse_args("v", "i", "v", "v", "f", "i")
+    def symbolic(g: Any, x: Any, groups: int, weight: Any, bias: Any, eps: float, _: int) -> Any:
+        c = sh._get_tensor_dim_size(x, 1) or sh._get_tensor_sizes(weight)[0]
+        k = c // groups
+        avg = torch.zeros(c, c, 1, 1)  # [C, C, 1, 1]: the mean over each channel's group
+        for i in range(c):
+            avg[i, (i // k) * k : (i // k + 1) * k] = 1.0 / k
+        w = g.op("Constant", value_t=avg)
+        axes = g.op("Constant", value_t=torch.tensor([2, 3]))
+        mean = g.op("Conv", g.op("ReduceMean", x, axes, keepdims_i=1), w)  # [B, C, 1, 1]
+        sq = g.op("Conv", g.op("ReduceMean", g.op("Mul", x, x), axes, keepdims_i=1), w)
+        var = g.op("Sub", sq, g.op("Mul", mean, mean))
+        eps_t = g.op("Constant", value_t=torch.tensor(eps))
+        rstd = g.op("Reciprocal", g.op("Sqrt", g.op("Add", var, eps_t)))
+        col = g.op("Constant", value_t=torch.tensor([-1, 1, 1]))
+        if not sh._is_none(weight):
+            rstd = g.op("Mul", rstd, g.op("Reshape", weight, col))
+        shift = g.op("Neg", g.op("Mul", mean, rstd))
+        if not sh._is_none(bias):
+            shift = g.op("Add", shift, g.op("Reshape", bias, col))
+        return g.op("Add", g.op("Mul", x, rstd), shift)
+
+    return symbolic
+
+
+def export(out: Path, batch: int, groupnorm: str) -> tuple[torch.nn.Module, int]:
+    """The default engine (static ``batch``) at ``out``; ``(merged model, label channels)``."""
+    merged, spec, base_hash, weights = load_merged(None, "phantom-tee")
+    meta = engine_metadata(base_hash, merged, spec, weights, batch, False)
+    if groupnorm == "reductions":
+        torch.onnx.register_custom_op_symbolic("aten::group_norm", group_norm_by_reductions(), 18)
+    try:
+        export_denoiser(merged, spec, out, meta, batch)
+    finally:
+        if groupnorm == "reductions":
+            torch.onnx.unregister_custom_op_symbolic("aten::group_norm", 18)
+    return merged, spec.num_channels
+
+
+def profile(path: Path, precision: str, batch: int, repeats: int) -> tuple[float, dict, dict]:
+    """``(median wall s per call, ms per layer type, ms per (type, kernel))`` in OpenVINO."""
+    ov = import_openvino()
+    core = ov.Core()
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": 2,
+        "PERF_COUNT": True,
+    }
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    s = 128
+    feed = {
+        "sample": np.random.default_rng(0).standard_normal((batch, 1, s, s), np.float32),
+        "timestep": np.full(batch, 500, np.int64),
+        "labels": np.random.default_rng(1).integers(0, 5, (batch, s, s)),
+    }
+    request.infer(feed)
+    by_type: collections.Counter = collections.Counter()
+    by_kernel: collections.Counter = collections.Counter()
+    walls = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        request.infer(feed)
+        walls.append(time.perf_counter() - t0)
+        for p in request.profiling_info:
+            ms = p.real_time.total_seconds() * 1e3 / repeats
+            by_type[p.node_type] += ms
+            by_kernel[(p.node_type, p.exec_type)] += ms
+    return float(np.median(walls)), dict(by_type), dict(by_kernel)
+
+
+def onnx_check(a: Path, b: Path, batch: int) -> float:
+    """Max abs difference of two engines' eps in ONNX Runtime (fp32) on the same inputs."""
+    import onnxruntime as ort
+
+    x, t, labels = example_inputs(128, batch, False, seed=3)
+    feed = {"sample": x.numpy(), "timestep": t.numpy(), "labels": labels.numpy()}
+    outs = [ort.InferenceSession(str(p)).run(None, feed)[0] for p in (a, b)]
+    return float(np.abs(outs[0] - outs[1]).max())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precision", default="bf16", choices=("bf16", "f32"))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--groupnorm", default="exporter", choices=("exporter", "reductions"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "engine.onnx"
+        merged, channels = export(path, args.batch, args.groupnorm)
+        if args.groupnorm != "exporter":
+            export(Path(tmp) / "default.onnx", args.batch, "exporter")
+            diff = onnx_check(path, Path(tmp) / "default.onnx", args.batch)
+            print(f"ONNX Runtime fp32: max |eps - eps_default| = {diff:.2e}")
+        wall, by_type, by_kernel = profile(path, args.precision, args.batch, args.repeats)
+    conv, total = conv_flops(merged, 128, channels)
+    layers = sum(by_type.values())
+    print(
+        f"{args.groupnorm} group norm, {args.precision}, batch {args.batch}: wall {wall * 1e3:.0f}"
+    )
+    print(f"ms per call ({wall / args.batch * 1e3:.1f} ms per image), layers sum {layers:.0f} ms")
+    for name, ms in sorted(by_type.items(), key=lambda kv: -kv[1])[:10]:
+        print(f"  {name:16s} {ms:7.1f} ms  {100 * ms / layers:5.1f} %")
+    conv_ms = by_type.get("Convolution", 0.0)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak = max(mm_rates(dtype).values())
+    print(
+        f"network: {total * args.batch / wall / 1e9:.0f} GFLOP/s = {100 * total * args.batch / wall / 1e9 / peak:.0f} % of the {args.precision} mm peak {peak:.0f} GFLOP/s"
+    )
+    if conv_ms:
+        rate = conv * args.batch / (conv_ms / 1e3) / 1e9
+        print(
+            f"convolutions: {100 * conv / total:.0f} % of the FLOPs at {rate:.0f} GFLOP/s = {100 * rate / peak:.0f} % of the peak"
+        )
+    top = sorted(by_kernel.items(), key=lambda kv: -kv[1])[:6]
+    print("top kernels: " + "; ".join(f"{t}/{k} {ms:.0f} ms" for (t, k), ms in top))
+
+
+if __name__ == "__main__":
+    main()
