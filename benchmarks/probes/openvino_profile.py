@@ -9,11 +9,11 @@ counted by torch) beside the torch.mm peak of the same precision measured in the
 ``--groupnorm reductions`` exports group norms as per-channel ``ReduceMean`` of ``x`` and ``x^2``
 averaged over each group by a constant 1x1 convolution (``y = x * rstd + shift``) instead of the
 exporter's ``Reshape -> InstanceNorm -> Reshape``; it checks the engine against the default one in
-ONNX Runtime first. Eleventh session (benchmarks/RESULTS.md, 'Roofline: where the network
-time goes'): the default engine spends ~52 % in convolutions (at ~85 % of the 2048-cubed mm
-peak), ~19 % in layout reorders around the group norms' MVN, ~14 % in fused elementwise
-subgraphs and ~5 % in MVN; the reductions variant removes the reorders but adds as much
-elementwise and reduction time (no net gain).
+ONNX Runtime first. Eleventh session (benchmarks/RESULTS.md, 'Roofline with a steadier peak,
+and where the network time goes'; bf16, batch 8, two runs): convolutions 49-54 % of the time at
+67-69 % of the 2048-cubed mm peak, layout reorders around the group norms' MVN 19-21 %, fused
+elementwise subgraphs 14-16 %, MVN 5-6 %; the reductions variant removes the reorders but adds
+almost as much elementwise and reduction time (3.5 % faster in alternating rounds).
 """
 
 from __future__ import annotations
@@ -35,24 +35,9 @@ from tte2tee_fast.export.onnx_export import (
 )
 from tte2tee_fast.export.openvino import import_openvino
 
-from tte2tee_fast.bench.e2e import mm_rates
+from tte2tee_fast.bench.e2e import flops_by_op, peak_gflops
 
-CONV_OPS = ("aten.convolution",)  # flop_counter's key of the convolutions
-
-
-def conv_flops(model: torch.nn.Module, size: int, channels: int) -> tuple[int, int]:
-    """``(convolution FLOPs, all FLOPs)`` of one forward of one image, counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.randn(1, 1, size, size)
-    cond = torch.zeros(1, channels, size, size)
-    cond[:, 0] = 1
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x, torch.tensor([500]), cond)
-    per_op = counter.get_flop_counts()["Global"]
-    conv = sum(v for k, v in per_op.items() if str(k) in CONV_OPS)
-    return int(conv), int(counter.get_total_flops())
+CONV = "aten.convolution"  # flops_by_op's key of the convolutions
 
 
 def group_norm_by_reductions() -> Any:
@@ -84,9 +69,10 @@ def group_norm_by_reductions() -> Any:
     return symbolic
 
 
-def export(out: Path, batch: int, groupnorm: str) -> tuple[torch.nn.Module, int]:
-    """The default engine (static ``batch``) at ``out``; ``(merged model, label channels)``."""
-    merged, spec, base_hash, weights = load_merged(None, "phantom-tee")
+def export(loaded: tuple, out: Path, batch: int, groupnorm: str) -> None:
+    """The engine of ``loaded`` (:func:`load_merged`'s tuple) at ``out`` (static ``batch``), its
+    group norms lowered by the exporter or by :func:`group_norm_by_reductions`."""
+    merged, spec, base_hash, weights = loaded
     meta = engine_metadata(base_hash, merged, spec, weights, batch, False)
     if groupnorm == "reductions":
         torch.onnx.register_custom_op_symbolic("aten::group_norm", group_norm_by_reductions(), 18)
@@ -95,7 +81,6 @@ def export(out: Path, batch: int, groupnorm: str) -> tuple[torch.nn.Module, int]
     finally:
         if groupnorm == "reductions":
             torch.onnx.unregister_custom_op_symbolic("aten::group_norm", 18)
-    return merged, spec.num_channels
 
 
 def profile(path: Path, precision: str, batch: int, repeats: int) -> tuple[float, dict, dict]:
@@ -149,33 +134,34 @@ def main() -> None:
     ap.add_argument("--groupnorm", default="exporter", choices=("exporter", "reductions"))
     args = ap.parse_args()
     torch.set_num_threads(2)
+    loaded = load_merged(None, "phantom-tee")  # packaged base + adapter, merged
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "engine.onnx"
-        merged, channels = export(path, args.batch, args.groupnorm)
+        export(loaded, path, args.batch, args.groupnorm)
         if args.groupnorm != "exporter":
-            export(Path(tmp) / "default.onnx", args.batch, "exporter")
+            export(loaded, Path(tmp) / "default.onnx", args.batch, "exporter")
             diff = onnx_check(path, Path(tmp) / "default.onnx", args.batch)
             print(f"ONNX Runtime fp32: max |eps - eps_default| = {diff:.2e}")
         wall, by_type, by_kernel = profile(path, args.precision, args.batch, args.repeats)
-    conv, total = conv_flops(merged, 128, channels)
+    per_op = flops_by_op(loaded[0], 128, loaded[1].num_channels)
+    total, conv = sum(per_op.values()), per_op.get(CONV, 0)
     layers = sum(by_type.values())
-    print(
-        f"{args.groupnorm} group norm, {args.precision}, batch {args.batch}: wall {wall * 1e3:.0f}"
-    )
-    print(f"ms per call ({wall / args.batch * 1e3:.1f} ms per image), layers sum {layers:.0f} ms")
+    print(f"{args.groupnorm} group norm, {args.precision}, batch {args.batch}: ", end="")
+    print(f"{wall * 1e3:.0f} ms per call ({wall / args.batch * 1e3:.1f} ms per image), ", end="")
+    print(f"layers sum {layers:.0f} ms")
     for name, ms in sorted(by_type.items(), key=lambda kv: -kv[1])[:10]:
         print(f"  {name:16s} {ms:7.1f} ms  {100 * ms / layers:5.1f} %")
+    peak = peak_gflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    rate = total * args.batch / wall / 1e9
+    print(f"network: {rate:.0f} GFLOP/s = {100 * rate / peak:.0f} % of the ", end="")
+    print(f"{args.precision} mm peak {peak:.0f} GFLOP/s")
     conv_ms = by_type.get("Convolution", 0.0)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    peak = max(mm_rates(dtype).values())
-    print(
-        f"network: {total * args.batch / wall / 1e9:.0f} GFLOP/s = {100 * total * args.batch / wall / 1e9 / peak:.0f} % of the {args.precision} mm peak {peak:.0f} GFLOP/s"
-    )
     if conv_ms:
         rate = conv * args.batch / (conv_ms / 1e3) / 1e9
         print(
-            f"convolutions: {100 * conv / total:.0f} % of the FLOPs at {rate:.0f} GFLOP/s = {100 * rate / peak:.0f} % of the peak"
+            f"convolutions: {100 * conv / total:.0f} % of the FLOPs at {rate:.0f} GFLOP/s ", end=""
         )
+        print(f"= {100 * rate / peak:.0f} % of the peak")
     top = sorted(by_kernel.items(), key=lambda kv: -kv[1])[:6]
     print("top kernels: " + "; ".join(f"{t}/{k} {ms:.0f} ms" for (t, k), ms in top))
 

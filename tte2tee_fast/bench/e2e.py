@@ -16,13 +16,14 @@ error against the phantom's own frames of the same masks; ratios ``ours / refere
 
 Roofline: FLOPs of one forward counted with ``torch.utils.flop_counter`` (a multiply-add = 2),
 the peak matrix-product rate of this machine measured in the same run (fp32 and bf16
-``torch.mm`` at 1024 and 2048 cubed, timed windows: :func:`mm_rates`), ours' network rate (the
-forwards) as a share of the peak of its precision (16-bit engines against the bf16 peak,
-the rest against fp32; five adjacent forward / mm pairs, the median: :func:`paired_roofline`), achieved GFLOP/s of each pipeline, and the share of ours' time outside
-the network (loop, masks, encoding) against ``NFE x forward time`` (the median of five
-forwards at the network batch). Every pipeline is timed after an untimed warm-up (the torch ones:
-one forward of their network; ours: one frame-function batch), since engines and torch allocate
-on the first call and with ``n = 8`` ours is a single batch.
+``torch.mm`` at 1024 and 2048 cubed, timed windows: :func:`mm_rates`), ours' network rate as a
+share of the peak of its precision (16-bit engines against the bf16 peak, the rest against
+fp32; the median of five adjacent forward / mm pairs: :func:`paired_roofline`), achieved GFLOP/s
+of each pipeline, and the share of ours' time outside the network (loop, masks, encoding)
+against ``NFE x forward time`` (the median of five forwards at the network batch). Every
+pipeline is timed after an untimed warm-up (the torch ones: one forward of their network; ours:
+one frame-function batch), since engines and torch allocate on the first call and with
+``n = 8`` ours is a single batch.
 """
 
 from __future__ import annotations
@@ -129,6 +130,12 @@ def peak_gflops(dtype: torch.dtype, device: str = "cpu", **kwargs: Any) -> float
 
 def forward_flops(model: torch.nn.Module, size: int, channels: int) -> int:
     """FLOPs of one forward of one image (multiply-add = 2), counted by torch."""
+    return sum(flops_by_op(model, size, channels).values())
+
+
+def flops_by_op(model: torch.nn.Module, size: int, channels: int) -> dict[str, int]:
+    """FLOPs of one forward of one image per aten op (``"aten.convolution"``, ``"aten.bmm"``,
+    ...), counted by ``torch.utils.flop_counter``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     dev = next(model.parameters()).device
@@ -138,7 +145,7 @@ def forward_flops(model: torch.nn.Module, size: int, channels: int) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x, torch.tensor([500], device=dev), cond)
-    return int(counter.get_total_flops())
+    return {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
 
 
 def phantom_pairs(schema: str, size: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
