@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -45,6 +46,7 @@ from tte2tee_fast.export.metadata import (
     sidecar_path,
     write_sidecar,
 )
+from tte2tee_fast.export.ov_split import SplitModels, split_at_input
 
 from tte2tee_fast.errors import InputError
 
@@ -95,13 +97,80 @@ def convert_to_ir(
     return out_xml
 
 
+def _boundary_as_bf16(ov: Any, split: SplitModels, label_model: Any, step_model: Any) -> tuple:
+    """The two halves with their f32 boundary tensors held in bf16 (half the memory and traffic;
+    a bf16 request computes them in bf16 anyway)."""
+    from openvino.preprocess import PrePostProcessor
+
+    out_pp, in_pp = PrePostProcessor(label_model), PrePostProcessor(step_model)
+    for name in split.names:
+        if label_model.output(name).get_element_type() == ov.Type.f32:
+            out_pp.output(name).tensor().set_element_type(ov.Type.bf16)
+            in_pp.input(name).tensor().set_element_type(ov.Type.bf16)
+
+    return out_pp.build(), in_pp.build()
+
+
+class _LabelFeatures:
+    """The label part's outputs for the last ``capacity`` label batches, least recently used
+    dropped. :meth:`fit` sets ``capacity`` to the engine batches of one call (a sampler calls
+    with the same labels at every step; classifier-free guidance runs two engine batches per
+    call, the labels and the null labels), at most ``limit``."""
+
+    def __init__(self, ov: Any, compiled: Any, names: tuple[str, ...], limit: int) -> None:
+        self.ov, self.compiled, self.names = ov, compiled, names
+        self.limit, self.capacity = limit, 1
+        self.request = compiled.create_infer_request()
+        self.entries: list[tuple[np.ndarray, dict]] = []  # (labels copy, {name: ov.Tensor})
+        self.runs = 0  # label-part inferences so far
+        self.warned = False
+
+    def fit(self, chunks: int) -> None:
+        """Keep ``chunks`` label batches (at most ``limit``), dropping the least recent."""
+        if chunks > self.limit and not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"a call of {chunks} engine batches is more than the label cache keeps "
+                f"({self.limit}): the label part runs at every step (raise label_cache, or "
+                "call with fewer rows)",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.capacity = max(1, min(chunks, self.limit))
+        del self.entries[: max(0, len(self.entries) - self.capacity)]
+
+    def lookup(self, labels: np.ndarray) -> dict:
+        """``{name: tensor}`` of ``labels`` (``[B, H, W]``), run now unless kept."""
+        for i, (kept, tensors) in enumerate(self.entries):
+            if kept.shape == labels.shape and np.array_equal(kept, labels):
+                self.entries.append(self.entries.pop(i))
+                return tensors
+        if len(self.entries) >= self.capacity:
+            _, tensors = self.entries.pop(0)  # reuse the memory of the least recent
+        else:
+            tensors = {}
+            for name in self.names:
+                port = self.compiled.output(name)
+                tensors[name] = self.ov.Tensor(port.get_element_type(), port.get_shape())
+        for name, tensor in tensors.items():
+            self.request.set_tensor(name, tensor)  # the label part writes into them
+        self.request.infer({"labels": labels})
+        self.runs += 1
+        self.entries.append((np.array(labels, copy=True), tensors))  # the caller may reuse it
+        return tensors
+
+
 class OpenVINODenoiser:
     """Run a denoiser engine (``.xml`` IR or ``.onnx``) in OpenVINO on the CPU.
 
     ``precision``: ``f32`` | ``bf16`` (always set explicitly); ``mode``: ``latency`` |
     ``throughput``; ``streams``: NUM_STREAMS (default: OpenVINO's choice for the mode);
     ``batch``: compile a dynamic engine at this static batch; ``cache_dir``: compiled-model
-    cache; ``threads``: INFERENCE_NUM_THREADS (default: physical cores).
+    cache; ``threads``: INFERENCE_NUM_THREADS (default: physical cores); ``label_cache``: in
+    latency mode, split off the label-only part of the graph (:mod:`~tte2tee_fast.export.ov_split`)
+    and keep its outputs for as many label batches as one call has engine batches (at most
+    ``label_cache``), least recently used dropped; 0: run the whole graph at every call. ``self.split`` is ``None`` when nothing was
+    split; ``self.label_cache_bytes`` is the memory of one kept label batch.
     """
 
     def __init__(
@@ -114,6 +183,7 @@ class OpenVINODenoiser:
         threads: int | None = None,
         batch: int | None = None,
         device: str = "CPU",
+        label_cache: int = 4,
     ) -> None:
         ov = import_openvino()
         if precision not in PRECISIONS:
@@ -141,6 +211,23 @@ class OpenVINODenoiser:
         }
         if streams is not None:
             config["NUM_STREAMS"] = int(streams)
+        self.split = None
+        if label_cache > 0 and mode == "latency":
+            self.split = split_at_input(model)  # model itself stays whole when None
+        self.features: _LabelFeatures | None = None
+        self.label_cache_bytes = 0
+        if self.split is not None:
+            label_model, model = self.split.label_model, self.split.step_model
+            if precision == "bf16" and cpu_has_bf16(core):  # the graph computes them in bf16
+                label_model, model = _boundary_as_bf16(ov, self.split, label_model, model)
+            compiled = core.compile_model(label_model, device, config)
+            self.features = _LabelFeatures(ov, compiled, self.split.names, int(label_cache))
+            self.label_cache_bytes = sum(
+                math.prod(compiled.output(n).get_shape())
+                * compiled.output(n).get_element_type().size
+                for n in self.split.names
+            )
+        self._bound: dict | None = None  # the label features the step request reads now
         self.compiled = core.compile_model(model, device, config)
         self.precision = precision
         self.mode = mode
@@ -166,14 +253,21 @@ class OpenVINODenoiser:
             shapes["guidance"] = [1]
         model.reshape({name: shapes[name] for name in shapes})
 
-    @staticmethod
-    def _feed(x: np.ndarray, t: np.ndarray, y: np.ndarray, g: np.ndarray | None) -> dict:
-        feed = {"sample": x, "timestep": t, "labels": y}
+    def _feed(self, x: np.ndarray, t: np.ndarray, y: np.ndarray, g: np.ndarray | None) -> dict:
+        feed = {"sample": x, "timestep": t}
+        if self.split is None:
+            feed["labels"] = y
         if g is not None:
             feed["guidance"] = g
         return feed
 
     def _run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray, g: np.ndarray | None) -> np.ndarray:
+        if self.features is not None:
+            tensors = self.features.lookup(y)
+            if tensors is not self._bound:
+                for name, tensor in tensors.items():
+                    self.request.set_tensor(name, tensor)
+                self._bound = tensors
         out = self.request.infer(self._feed(x, t, y, g))
         return np.array(out[self.compiled.output(0)], dtype=np.float32)  # copy out of the request
 
@@ -199,6 +293,11 @@ class OpenVINODenoiser:
     ) -> np.ndarray:
         """eps ``[B, 1, H, W]`` float32 (see :mod:`tte2tee_fast.export.engine_io`)."""
         many = self._run_many if self.queue is not None else None
+        if self.features is not None:
+            rows = len(sample)
+            if self.metadata["variant"] != "guided" and guidance not in (None, 0.0, 1.0):
+                rows *= 2  # run_denoiser stacks the null-label rows under the labels
+            self.features.fit(-(-rows // self.batch))  # split engines have a static batch
         return run_denoiser(
             self._run,
             self.metadata,

@@ -12,7 +12,7 @@ from test_adapter import make_adapter, micro_base
 
 from tte2tee_fast.adapt.adapter import attach_adapter
 from tte2tee_fast.bench import e2e
-from tte2tee_fast.bench.e2e import E2EConfig, forward_flops
+from tte2tee_fast.bench.e2e import E2EConfig, forward_flops, label_part_flops
 from tte2tee_fast.cli import main
 from tte2tee_fast.errors import InputError
 from tte2tee_fast.models import save_model
@@ -50,6 +50,58 @@ def test_bench_e2e_quick_on_a_micro_model(tmp_path) -> None:
     peft = attach_adapter(copy.deepcopy(base), tmp_path / "lora")
     assert result["flops_per_forward"] == forward_flops(peft, 32, 5) > forward_flops(base, 32, 5)
     assert (out / "e2e.png").stat().st_size > 0 and "| ours |" in (out / "e2e.md").read_text()
+    # torch has no label cache: every step runs the whole network
+    assert not result["ours_label_cache"] and result["flops_label_part"] == 0
+    assert result["flops_per_step"] == result["flops_per_forward"]
+
+
+def test_bench_e2e_counts_the_label_cache(tmp_path) -> None:
+    """OpenVINO caches the SPADE heads: ours' FLOPs per frame are label part + NFE x step."""
+    pytest.importorskip("openvino")
+    base = micro_base(2)
+    save_model(base, tmp_path / "base")
+    make_adapter(base, tmp_path / "lora", preset="mlp", rank=1)
+    config = E2EConfig(
+        n=2, n_reference=1, reference_steps=4, diffusers_steps=3, steps=3, sampler="ddim",
+        model=str(tmp_path / "base"), adapter=str(tmp_path / "lora"), backend="openvino",
+        precision="fp32", batch_size=2, pipelines=("ours",),
+    )  # fmt: skip
+    result = e2e.bench_e2e(config, progress=False)
+    peft = attach_adapter(copy.deepcopy(base), tmp_path / "lora")
+    label = label_part_flops(peft, 32, 5)
+    assert result["ours_label_cache"] and result["flops_label_part"] == label > 0
+    assert result["flops_per_step"] == result["flops_per_forward"] - label
+    row = result["pipelines"]["ours"]
+    executed = label + row["nfe"] * result["flops_per_step"]
+    assert row["achieved_gflops"] == pytest.approx(executed / row["seconds_per_frame"] / 1e9)
+    assert result["ours_label_part_s_per_image"] >= 0.0
+    assert "label cache" in e2e.markdown(result)
+
+
+def test_label_part_flops_against_the_conv_formula() -> None:
+    """The SPADE heads' FLOPs (multiply-add = 2) from each norm's resolution and conv shapes."""
+    import torch
+
+    from tte2tee_fast.models.blocks import SPADEGroupNorm
+
+    model = micro_base(0)
+    expected = []
+
+    def count(mod, args):
+        h, w = args[0].shape[-2:]
+        for conv in (mod.shared[0], mod.mlp_gamma, mod.mlp_beta):
+            k = conv.kernel_size[0] * conv.kernel_size[1]
+            expected.append(2 * h * w * conv.in_channels * conv.out_channels * k)
+
+    hooks = [
+        m.register_forward_pre_hook(count) for m in model.modules() if isinstance(m, SPADEGroupNorm)
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 32, 32), torch.tensor([5]), torch.zeros(1, 5, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert hooks and label_part_flops(model, 32, 5) == sum(expected)
+    assert label_part_flops(model, 32, 5) < forward_flops(model, 32, 5)
 
 
 def test_forward_flops_counts_a_known_layer() -> None:

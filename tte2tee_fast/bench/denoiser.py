@@ -228,7 +228,9 @@ def _engine_fn(mode: str, path: str, batch: int, threads: int) -> tuple[Callable
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the bf16 fallback is recorded in the row instead
-        den = OpenVINODenoiser(path, precision=precision, threads=threads, **kw)
+        # label_cache=0: every row times the whole network (the sampler-level saving of the
+        # label cache is measured by bench e2e, where the labels repeat between steps)
+        den = OpenVINODenoiser(path, precision=precision, threads=threads, label_cache=0, **kw)
     return den, den.effective_precision
 
 

@@ -20,6 +20,8 @@ a CPU against 60 for ONNX Runtime fp32); on other CPUs ONNX Runtime fp32 (measur
 OpenVINO f32 on the AVX2-only development machine: 116 vs 161-298 ms per image at batch 8,
 ``benchmarks/RESULTS.md``), then OpenVINO, then torch fp32.
 A backend whose package or device is missing fails with one line saying what to install.
+``openvino`` runs the label-only part of the graph (MaskR², the SPADE heads) once per mask batch
+and only the rest at every step (``info["label_cache"]``; export/ov_split.py).
 """
 
 from __future__ import annotations
@@ -248,6 +250,8 @@ def build_denoiser(
             runner = OpenVINODenoiser(
                 path, precision=_OV_PRECISION[precision], threads=threads, batch=batch
             )
+            # the SPADE heads run once per mask batch, not per step (export/ov_split.py)
+            info["label_cache"] = runner.split is not None
     from tte2tee_fast.export.metadata import check_engine
 
     check_engine(
