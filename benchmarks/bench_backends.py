@@ -3,7 +3,9 @@
 torch fp32 (the baseline), torch bf16 (autocast + channels_last), ONNX Runtime fp32, OpenVINO
 f32 and, when ``TTE2TEE_BENCH_TRT_PLAN`` names a plan from ``tte2tee export trt`` for the same
 model, TensorRT. A backend whose package is missing is skipped with the line saying what to
-install; on CUDA the CPU engines (ort, openvino) are skipped.
+install; on CUDA the CPU engines (ort, openvino) are skipped. The labels are the same at every
+call, as in a sampler's steps, so OpenVINO's row is its step part (the label part cached:
+export/ov_split.py; bench_label_cache.py times whole mask batches with and without it).
 
     pytest benchmarks/bench_backends.py --benchmark-only          # packaged base + phantom-tee
     TTE2TEE_BENCH_SIZE=smoke pytest benchmarks/bench_backends.py --benchmark-only

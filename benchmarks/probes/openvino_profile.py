@@ -83,8 +83,9 @@ def export(loaded: tuple, out: Path, batch: int, groupnorm: str) -> None:
             torch.onnx.unregister_custom_op_symbolic("aten::group_norm", 18)
 
 
-def profile(path: Path, precision: str, batch: int, repeats: int) -> tuple[float, dict, dict]:
-    """``(median wall s per call, ms per layer type, ms per (type, kernel))`` in OpenVINO."""
+def profile(path: Path, precision: str, batch: int, repeats: int) -> tuple[float, dict, dict, dict]:
+    """``(median wall s per call, ms per layer type, ms per (type, kernel), convolution
+    {shape: [FLOPs, ms, count]})`` in OpenVINO (the whole graph: no label cache)."""
     ov = import_openvino()
     core = ov.Core()
     config = {
@@ -104,6 +105,7 @@ def profile(path: Path, precision: str, batch: int, repeats: int) -> tuple[float
     request.infer(feed)
     by_type: collections.Counter = collections.Counter()
     by_kernel: collections.Counter = collections.Counter()
+    by_node: collections.Counter = collections.Counter()
     walls = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -113,7 +115,26 @@ def profile(path: Path, precision: str, batch: int, repeats: int) -> tuple[float
             ms = p.real_time.total_seconds() * 1e3 / repeats
             by_type[p.node_type] += ms
             by_kernel[(p.node_type, p.exec_type)] += ms
-    return float(np.median(walls)), dict(by_type), dict(by_kernel)
+            by_node[p.node_name] += ms
+    convs = conv_shapes(compiled, by_node)
+    return float(np.median(walls)), dict(by_type), dict(by_kernel), convs
+
+
+def conv_shapes(compiled: Any, ms_by_node: dict) -> dict:
+    """``{"Cin->Cout kK @H": [FLOPs, ms, count]}`` of the compiled graph's convolutions (FLOPs
+    from the executed shapes, multiply-add = 2, post-ops not counted)."""
+    out: dict = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        if op.get_rt_info()["layerType"].astype(str) != "Convolution":
+            continue
+        y = list(op.get_output_partial_shape(0).to_shape())  # [N, Cout, H, W]
+        w = list(op.input(1).get_partial_shape().to_shape())  # [Cout, Cin / groups, kh, kw]
+        key = f"{w[1]}->{w[0]} k{w[2]} @{y[2]}"
+        row = out.setdefault(key, [0, 0.0, 0])
+        row[0] += 2 * int(np.prod(y)) * int(np.prod(w[1:]))
+        row[1] += ms_by_node[op.get_friendly_name()]
+        row[2] += 1
+    return out
 
 
 def onnx_check(a: Path, b: Path, batch: int) -> float:
@@ -142,7 +163,7 @@ def main() -> None:
             export(loaded, Path(tmp) / "default.onnx", args.batch, "exporter")
             diff = onnx_check(path, Path(tmp) / "default.onnx", args.batch)
             print(f"ONNX Runtime fp32: max |eps - eps_default| = {diff:.2e}")
-        wall, by_type, by_kernel = profile(path, args.precision, args.batch, args.repeats)
+        wall, by_type, by_kernel, convs = profile(path, args.precision, args.batch, args.repeats)
     per_op = flops_by_op(loaded[0], 128, loaded[1].num_channels)
     total, conv = sum(per_op.values()), per_op.get(CONV, 0)
     layers = sum(by_type.values())
@@ -164,6 +185,14 @@ def main() -> None:
         print(f"= {100 * rate / peak:.0f} % of the peak")
     top = sorted(by_kernel.items(), key=lambda kv: -kv[1])[:6]
     print("top kernels: " + "; ".join(f"{t}/{k} {ms:.0f} ms" for (t, k), ms in top))
+    conv_total = sum(r[1] for r in convs.values())
+    print("convolutions by shape (Cin->Cout kernel @resolution), most time first:")
+    for key, (flops, ms, n) in sorted(convs.items(), key=lambda kv: -kv[1][1])[:12]:
+        rate = flops / (ms / 1e3) / 1e9 if ms else 0.0
+        print(
+            f"  {key:20s} x{n:2d} {100 * ms / conv_total:5.1f} % of conv time, "
+            f"{rate:5.0f} GFLOP/s = {100 * rate / peak:3.0f} % of the peak"
+        )
 
 
 if __name__ == "__main__":

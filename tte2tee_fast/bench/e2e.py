@@ -14,20 +14,20 @@ error against the phantom's own frames of the same masks; ratios ``ours / refere
 ``ours / diffusers`` of frames/s. The reference costs ~1000 forwards per frame, so it runs on
 ``n_reference`` frames only (its fidelity is then a small-sample number: said in the report).
 
-Roofline: FLOPs of one forward counted with ``torch.utils.flop_counter`` (a multiply-add = 2),
-the peak matrix-product rate of this machine measured in the same run (fp32 and bf16
-``torch.mm`` at 1024 and 2048 cubed, timed windows: :func:`mm_rates`), ours' network rate as a
-share of the peak of its precision (16-bit engines against the bf16 peak, the rest against
-fp32; the median of five adjacent forward / mm pairs: :func:`paired_roofline`), achieved GFLOP/s
-of each pipeline, and the share of ours' time outside the network (loop, masks, encoding)
-against ``NFE x forward time`` (the median of five forwards at the network batch). With
-OpenVINO's label cache (export/ov_split.py) ours runs the SPADE heads once per mask batch: its
-FLOPs per frame are then ``label part + NFE x step``, its roofline is the step's rate (FLOPs
-without the heads, timed with repeated labels) and its network time ``NFE x step + label part``
-(the label part timed as a forward on new labels less a step). Every
-pipeline is timed after an untimed warm-up (the torch ones: one forward of their network; ours:
-one frame-function batch), since engines and torch allocate on the first call and with
-``n = 8`` ours is a single batch.
+Roofline: FLOPs of one forward counted with ``torch.utils.flop_counter`` (a multiply-add = 2), the
+peak matrix-product rate of this machine measured in the same run (fp32 and bf16 ``torch.mm`` at
+1024 and 2048 cubed, timed windows: :func:`mm_rates`), ours' network rate as a share of the peak of
+its precision (16-bit engines against the bf16 peak, the rest against fp32; the median of five
+adjacent pairs of one forward and one mm window per size: :func:`paired_roofline`), achieved
+GFLOP/s of each pipeline, and the share of ours' time outside the network (loop, masks, encoding):
+its timed run less the seconds spent inside its denoiser calls during that run (measured in the
+same run: forwards timed apart from it ran up to 25 % slower on this shared host). With OpenVINO's
+label cache (export/ov_split.py) ours runs the SPADE heads once per mask batch: its FLOPs per frame
+are then ``label part + NFE x step``, its roofline is the step's rate (FLOPs without the heads,
+timed with repeated labels), and the label part's time is reported (a forward on new labels less
+one on repeated labels). Every pipeline is timed after an untimed warm-up (the torch ones: one
+forward of their network; ours: one frame-function batch), since engines and torch allocate on the
+first call and with ``n = 8`` ours is a single batch.
 """
 
 from __future__ import annotations
@@ -241,9 +241,34 @@ def run_diffusers(
     return to_uint8(x)
 
 
-def run_ours(frame_fn: Any, labels: np.ndarray) -> np.ndarray:
-    """(c) the frame function of ``tte2tee generate``."""
-    return frame_fn(labels, np.arange(len(labels)))
+def run_ours(frame_fn: Any, labels: np.ndarray, timer: _DenoiserTimer) -> np.ndarray:
+    """(c) the frame function of ``tte2tee generate``, its denoiser calls timed by ``timer``
+    (which adds the seconds of this run to ``timer.seconds``)."""
+    den = frame_fn.den
+    timer.den, frame_fn.den = den, timer
+    try:
+        return frame_fn(labels, np.arange(len(labels)))
+    finally:
+        frame_fn.den = den
+
+
+class _DenoiserTimer:
+    """A frame function's denoiser that adds the seconds of every call to ``seconds``
+    (synchronised on CUDA); its other attributes are the denoiser's."""
+
+    def __init__(self, den: Any) -> None:
+        self.den, self.seconds = den, 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["den"], name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        sync(self.den.device)
+        t0 = time.perf_counter()
+        out = self.den(*args, **kwargs)
+        sync(self.den.device)
+        self.seconds += time.perf_counter() - t0
+        return out
 
 
 def fidelity_summary(
@@ -311,8 +336,9 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
             config.diffusers_steps,
             lambda lab: run_diffusers(peft, spec, lab, config),
         ),
-        "ours": (config.n, _nfe(ours), lambda lab: run_ours(frame_fn, lab)),
+        "ours": (config.n, _nfe(ours), lambda lab: run_ours(frame_fn, lab, timer)),
     }
+    timer = _DenoiserTimer(frame_fn.den)  # ours' seconds inside the network, in its timed run
     frame_flops = {name: flops * nfe for name, (_, nfe, _) in runs.items()}  # executed, per frame
     frame_flops["ours"] = label_flops + step_flops * _nfe(ours)
 
@@ -322,7 +348,7 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
     warm = {  # ours: one frame-function batch (a few forwards), its sampler path included
         "reference": warm_torch,
         "diffusers": warm_torch,
-        "ours": lambda n: run_ours(frame_fn, labels[: config.batch_size]),
+        "ours": lambda n: run_ours(frame_fn, labels[: config.batch_size], _DenoiserTimer(None)),
     }
     rows = {}
     for name in config.pipelines:
@@ -354,21 +380,18 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
         fresh_s = _forward_seconds(frame_fn, labels[: config.batch_size], config, fresh=True)
         label_s = max(0.0, fresh_s - forward_s)
     outside = None
-    if "ours" in rows:
-        net = _nfe(ours) * forward_s + label_s
-        outside = 1.0 - net / rows["ours"]["seconds_per_frame"]
+    if "ours" in rows:  # the denoiser calls of ours' own timed run against that run's time
+        outside = 1.0 - timer.seconds / (rows["ours"]["seconds_per_frame"] * rows["ours"]["frames"])
     peaks = {  # after the pipelines, so their warm-up does not overlap the probe
         name: mm_rates(dtype, device=config.device)
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
     precision = "bf16" if frame_fn.info.get("precision") in ("bf16", "fp16") else "fp32"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    best_size = max(peaks[precision], key=peaks[precision].get)
     share = {  # ours' network (one forward) against the peak of its precision measured next
         "precision": precision,
-        "mm_size": best_size,
         **paired_roofline(
-            frame_fn, labels, step_flops, config.batch_size, dtype, best_size, device=config.device
+            frame_fn, labels, step_flops, config.batch_size, dtype, device=config.device
         ),
     }
     return {
@@ -452,22 +475,26 @@ def paired_roofline(
     flops: int,
     batch: int,
     dtype: torch.dtype,
-    size: int,
+    sizes: tuple[int, ...] = PEAK_SIZES,
     pairs: int = 5,
     seconds: float = 0.2,
     device: str = "cpu",
 ) -> dict:
     """Ours' network rate as a share of the mm peak, measured in ``pairs`` adjacent pairs (one
-    forward, then one ``size``-cubed mm window of ``seconds``): the machine's speed drifts within
-    minutes on a shared host (the peak probe read 542-912 GFLOP/s bf16 in one quarter hour), so
-    each forward is set against the peak measured right after it; the share is the median."""
+    forward, then one mm window of ``seconds`` at each of ``sizes``, the best of them the peak):
+    the machine's speed drifts within minutes on a shared host (the peak probe read 542-912
+    GFLOP/s bf16 in one quarter hour), so each forward is set against the peak measured right
+    after it; the share is the median. Every size in every pair, because the rate of one size
+    jumps between windows too (bf16 1024-cubed: 1025 GFLOP/s in the probe, 343-359 in the five
+    pairs right after it, twelfth session)."""
     forward = _forward_timer(frame_fn, labels, batch)
-    a, b = _mm_operands(size, dtype, device)
+    operands = {size: _mm_operands(size, dtype, device) for size in sizes}
     rows = []
     for _ in range(pairs):
         net = flops / forward() / 1e9
-        peak = _mm_window(a, b, seconds, device)
-        rows.append((net, peak, net / peak))
+        rates = {size: _mm_window(a, b, seconds, device) for size, (a, b) in operands.items()}
+        best = max(rates, key=rates.get)
+        rows.append((net, rates[best], net / rates[best], best))
     net, peak, share = (float(np.median([r[i] for r in rows])) for i in range(3))
     return {"network_gflops": net, "peak_gflops": peak, "share": share, "pairs": rows}
 
@@ -496,8 +523,9 @@ def markdown(result: dict) -> str:
     lines.append(
         f"- ours' network: {roof['network_gflops']:.0f} GFLOP/s = "
         f"{100 * roof['share']:.0f} % of the {roof['precision']} mm peak measured beside each "
-        f"forward ({roof['peak_gflops']:.0f} GFLOP/s at {roof['mm_size']}^3; median of "
-        f"{len(roof['pairs'])} pairs)"
+        f"forward ({roof['peak_gflops']:.0f} GFLOP/s, the best of "
+        f"{'/'.join(str(p) for p in PEAK_SIZES)}-cubed products; median of {len(roof['pairs'])} "
+        "pairs)"
     )
     if result["ours_label_cache"]:
         lines.append(
