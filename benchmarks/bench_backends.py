@@ -3,9 +3,9 @@
 torch fp32 (the baseline), torch bf16 (autocast + channels_last), ONNX Runtime fp32, OpenVINO
 f32 and, when ``TTE2TEE_BENCH_TRT_PLAN`` names a plan from ``tte2tee export trt`` for the same
 model, TensorRT. A backend whose package is missing is skipped with the line saying what to
-install; on CUDA the CPU engines (ort, openvino) are skipped. The labels are the same at every
-call, as in a sampler's steps, so OpenVINO's row is its step part (the label part cached:
-export/ov_split.py; bench_label_cache.py times whole mask batches with and without it).
+install; on CUDA the CPU engines (ort, openvino) are skipped. Every row times a whole forward:
+OpenVINO's label cache is off here (export/ov_split.py; bench_label_cache.py times mask batches
+with and without it).
 
     pytest benchmarks/bench_backends.py --benchmark-only          # packaged base + phantom-tee
     TTE2TEE_BENCH_SIZE=smoke pytest benchmarks/bench_backends.py --benchmark-only
@@ -46,6 +46,7 @@ def _build(bench_size, backend: str, precision: str):
             batch=bench_size.batch,
             device=bench_size.device,
             engine=plan,
+            label_cache=0,
         )
     except InputError as e:  # a missing package or device: one line saying what to install
         pytest.skip(str(e))

@@ -29,7 +29,7 @@ Example::
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -51,6 +51,7 @@ from tte2tee_fast.export.ov_split import SplitModels, split_at_input
 from tte2tee_fast.errors import InputError
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}
+LABEL_CACHE_BYTES = 2 * 2**30  # most memory the label cache may hold (all its label batches)
 MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
@@ -97,7 +98,9 @@ def convert_to_ir(
     return out_xml
 
 
-def _boundary_as_bf16(ov: Any, split: SplitModels, label_model: Any, step_model: Any) -> tuple:
+def _boundary_as_bf16(
+    ov: Any, split: SplitModels, label_model: Any, step_model: Any
+) -> tuple[Any, Any]:
     """The two halves with their f32 boundary tensors held in bf16 (half the memory and traffic;
     a bf16 request computes them in bf16 anyway)."""
     from openvino.preprocess import PrePostProcessor
@@ -107,7 +110,6 @@ def _boundary_as_bf16(ov: Any, split: SplitModels, label_model: Any, step_model:
         if label_model.output(name).get_element_type() == ov.Type.f32:
             out_pp.output(name).tensor().set_element_type(ov.Type.bf16)
             in_pp.input(name).tensor().set_element_type(ov.Type.bf16)
-
     return out_pp.build(), in_pp.build()
 
 
@@ -126,7 +128,9 @@ class _LabelFeatures:
         self.warned = False
 
     def fit(self, chunks: int) -> None:
-        """Keep ``chunks`` label batches (at most ``limit``), dropping the least recent."""
+        """Keep ``chunks`` label batches from now on (at most ``limit``); the least recent beyond
+        that are dropped at the next :meth:`lookup` (not here: the batch a shrinking call needs
+        may be among them)."""
         if chunks > self.limit and not self.warned:
             self.warned = True
             warnings.warn(
@@ -137,16 +141,17 @@ class _LabelFeatures:
                 stacklevel=3,
             )
         self.capacity = max(1, min(chunks, self.limit))
-        del self.entries[: max(0, len(self.entries) - self.capacity)]
 
     def lookup(self, labels: np.ndarray) -> dict:
         """``{name: tensor}`` of ``labels`` (``[B, H, W]``), run now unless kept."""
         for i, (kept, tensors) in enumerate(self.entries):
             if kept.shape == labels.shape and np.array_equal(kept, labels):
                 self.entries.append(self.entries.pop(i))
+                del self.entries[: max(0, len(self.entries) - self.capacity)]
                 return tensors
         if len(self.entries) >= self.capacity:
-            _, tensors = self.entries.pop(0)  # reuse the memory of the least recent
+            tensors = self.entries[0][1]  # reuse the memory of the least recent
+            del self.entries[: len(self.entries) - self.capacity + 1]
         else:
             tensors = {}
             for name in self.names:
@@ -154,7 +159,7 @@ class _LabelFeatures:
                 tensors[name] = self.ov.Tensor(port.get_element_type(), port.get_shape())
         for name, tensor in tensors.items():
             self.request.set_tensor(name, tensor)  # the label part writes into them
-        self.request.infer({"labels": labels})
+        self.request.infer({"labels": labels}, share_outputs=True)  # no copy of the features
         self.runs += 1
         self.entries.append((np.array(labels, copy=True), tensors))  # the caller may reuse it
         return tensors
@@ -169,8 +174,9 @@ class OpenVINODenoiser:
     cache; ``threads``: INFERENCE_NUM_THREADS (default: physical cores); ``label_cache``: in
     latency mode, split off the label-only part of the graph (:mod:`~tte2tee_fast.export.ov_split`)
     and keep its outputs for as many label batches as one call has engine batches (at most
-    ``label_cache``), least recently used dropped; 0: run the whole graph at every call. ``self.split`` is ``None`` when nothing was
-    split; ``self.label_cache_bytes`` is the memory of one kept label batch.
+    ``label_cache``, and at most :data:`LABEL_CACHE_BYTES` in all), least recently used dropped;
+    0: run the whole graph at every call. ``self.split`` is ``None`` when nothing was split;
+    ``self.label_cache_bytes`` is the memory of one kept label batch.
     """
 
     def __init__(
@@ -211,22 +217,32 @@ class OpenVINODenoiser:
         }
         if streams is not None:
             config["NUM_STREAMS"] = int(streams)
-        self.split = None
-        if label_cache > 0 and mode == "latency":
-            self.split = split_at_input(model)  # model itself stays whole when None
+        self.split: SplitModels | None = None  # its models dropped once compiled
         self.features: _LabelFeatures | None = None
-        self.label_cache_bytes = 0
-        if self.split is not None:
-            label_model, model = self.split.label_model, self.split.step_model
-            if precision == "bf16" and cpu_has_bf16(core):  # the graph computes them in bf16
-                label_model, model = _boundary_as_bf16(ov, self.split, label_model, model)
-            compiled = core.compile_model(label_model, device, config)
-            self.features = _LabelFeatures(ov, compiled, self.split.names, int(label_cache))
-            self.label_cache_bytes = sum(
-                math.prod(compiled.output(n).get_shape())
-                * compiled.output(n).get_element_type().size
-                for n in self.split.names
-            )
+        self.label_cache_bytes = 0  # the label features of one engine batch
+        split = None
+        if label_cache > 0 and mode == "latency":
+            split = split_at_input(model.clone())  # None: nothing label-only to split off
+        if split is not None:
+            bf16 = precision == "bf16" and cpu_has_bf16(core)  # the graph computes them in bf16
+            nbytes = split.elements * (2 if bf16 else 4)
+            limit = min(int(label_cache), LABEL_CACHE_BYTES // nbytes)
+            if limit < 1:
+                warnings.warn(
+                    f"{path}: the label features of one engine batch take {nbytes / 2**20:.1f} "
+                    f"MiB, more than the label cache's {LABEL_CACHE_BYTES / 2**20:.1f} MiB: "
+                    "the whole graph runs at every call",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            else:
+                label_model, model = split.label_model, split.step_model
+                if bf16:
+                    label_model, model = _boundary_as_bf16(ov, split, label_model, model)
+                compiled = core.compile_model(label_model, device, config)
+                self.features = _LabelFeatures(ov, compiled, split.names, limit)
+                self.label_cache_bytes = nbytes
+                self.split = dataclasses.replace(split, label_model=None, step_model=None)
         self._bound: dict | None = None  # the label features the step request reads now
         self.compiled = core.compile_model(model, device, config)
         self.precision = precision
@@ -293,8 +309,8 @@ class OpenVINODenoiser:
     ) -> np.ndarray:
         """eps ``[B, 1, H, W]`` float32 (see :mod:`tte2tee_fast.export.engine_io`)."""
         many = self._run_many if self.queue is not None else None
-        if self.features is not None:
-            rows = len(sample)
+        if self.features is not None and getattr(sample, "ndim", 0) == 4:  # else run_denoiser's
+            rows = sample.shape[0]  # error line
             if self.metadata["variant"] != "guided" and guidance not in (None, 0.0, 1.0):
                 rows *= 2  # run_denoiser stacks the null-label rows under the labels
             self.features.fit(-(-rows // self.batch))  # split engines have a static batch

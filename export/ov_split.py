@@ -44,9 +44,11 @@ class SplitModels:
 
 
 def _depends_on(model: Any, name: str) -> tuple[set, set]:
-    """``(label_only, tainted)`` node sets of ``model`` (by the nodes' unique ``get_name()``; Python wrappers are not stable): label-only nodes
-    read only ``name`` and constants (transitively, at least one of them ``name``); tainted ones
-    read another parameter somewhere upstream."""
+    """``(label_only, tainted)`` node sets of ``model``, by the nodes' unique ``get_name()``
+    (the Python wrappers are not stable): label-only nodes read only ``name`` and constants
+    (transitively, at least one of them ``name``); tainted ones read another parameter somewhere
+    upstream, and every ``Result`` is tainted (it belongs to the step half: a label-only output
+    becomes a boundary tensor passed through)."""
     label_only: set[str] = set()
     tainted: set[str] = set()
     for node in model.get_ordered_ops():
@@ -59,7 +61,7 @@ def _depends_on(model: Any, name: str) -> tuple[set, set]:
         if kind == "Constant":
             continue
         sources = [inp.get_source_output().get_node() for inp in node.inputs()]
-        if any(s.get_name() in tainted for s in sources):
+        if kind == "Result" or any(s.get_name() in tainted for s in sources):
             tainted.add(node.get_name())
         elif any(s.get_name() in label_only for s in sources):
             label_only.add(node.get_name())

@@ -361,7 +361,8 @@ def openvino_runner(path: str | os.PathLike, threads: int = 2, precision: str = 
     explicit (``f32`` / ``bf16``: OpenVINO picks bf16 by itself on AVX512_BF16 CPUs)."""
     from tte2tee_fast.export.openvino import OpenVINODenoiser
 
-    run = OpenVINODenoiser(path, precision, "latency", threads=threads)
+    # label_cache=0: the whole graph per call, so ms_per_image times a whole forward
+    run = OpenVINODenoiser(path, precision, "latency", threads=threads, label_cache=0)
     return lambda feeds: run(feeds["sample"], feeds["timestep"], feeds["labels"])
 
 

@@ -74,7 +74,8 @@ def test_bench_e2e_counts_the_label_cache(tmp_path) -> None:
     row = result["pipelines"]["ours"]
     executed = label + row["nfe"] * result["flops_per_step"]
     assert row["achieved_gflops"] == pytest.approx(executed / row["seconds_per_frame"] / 1e9)
-    assert result["ours_label_part_s_per_image"] >= 0.0
+    # the warm-up ran on other masks: the timed run's one mask batch ran its label part once
+    assert result["ours_label_part_runs"] == 1
     # timed inside ours' own run: the denoiser calls are part of that run's time
     assert 0.0 <= result["ours_share_outside_network"] < 1.0
     assert "label cache" in e2e.markdown(result)

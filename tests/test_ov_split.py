@@ -1,7 +1,8 @@
 """The OpenVINO label split: the cut (labels only in the label half, only the SPADE heads'
 outputs between the halves), the two halves composed against the whole graph and against torch
 (peft unmerged), and the runner's label cache: hits, misses on new or mutated labels,
-classifier-free guidance (two engine batches per call), the warning past its limit, bf16."""
+least-recently-used order, classifier-free guidance (two engine batches per call), the warning
+past its limit, the memory limit, bf16."""
 
 import numpy as np
 import openvino as ov
@@ -84,6 +85,37 @@ def test_label_cache_hits_and_misses(eng):
     assert len(den.features.entries) == 1  # one engine batch per call: one kept
 
 
+def test_label_cache_drops_the_least_recently_used(eng):
+    """Calls of two engine batches (rows 6 = 2 x 3): A|B, A|C, A|B. LRU keeps A (used by every
+    call) and drops B, then C: 4 label runs; a first-in-first-out cache would make 5."""
+    whole = OpenVINODenoiser(eng.fixed, threads=1, label_cache=0)
+    den = OpenVINODenoiser(eng.fixed, threads=1)
+    x, t, a = tee_inputs(3, seed=11, phantom=True)
+    b, c = (tee_inputs(3, seed=s, phantom=True)[2] for s in (12, 13))
+    x6, t6 = np.concatenate([x, x]), np.concatenate([t, t])
+    for second in (b, c, b):
+        y = np.concatenate([a, second])
+        assert rel(den(x6, t6, y), whole(x6, t6, y)) <= 1e-5
+    assert den.features.runs == 4 and len(den.features.entries) == 2
+    # a short call (5 rows: one padded batch) after them, then one engine batch: capacity 1
+    assert rel(den(x6[:5], t6[:5], y[:5]), whole(x6[:5], t6[:5], y[:5])) <= 1e-5
+    assert rel(den(x, t, a), whole(x, t, a)) <= 1e-5 and len(den.features.entries) == 1
+
+
+def test_label_cache_memory_limit(eng, monkeypatch):
+    from tte2tee_fast.export import openvino
+
+    monkeypatch.setattr(openvino, "LABEL_CACHE_BYTES", 1024)  # smaller than one batch's features
+    with pytest.warns(UserWarning, match="the whole graph runs at every call"):
+        den = OpenVINODenoiser(eng.fixed, threads=1)
+    assert den.split is None and den.features is None
+    x, t, labels = tee_inputs(3, seed=6, phantom=True)
+    assert rel(den(x, t, labels), torch_eps(unmerged_reference(eng), x, t, labels)) <= 1e-4
+    monkeypatch.undo()
+    kept = OpenVINODenoiser(eng.fixed, threads=1)  # the default limit: split, models dropped
+    assert kept.split.label_model is None and kept.split.step_model is None
+
+
 def test_guidance_keeps_both_label_batches(eng):
     whole = OpenVINODenoiser(eng.fixed, threads=1, label_cache=0)
     den = OpenVINODenoiser(eng.fixed, threads=1)
@@ -92,6 +124,11 @@ def test_guidance_keeps_both_label_batches(eng):
         tt = np.maximum(t - 100 * step, 0)
         assert rel(den(x, tt, labels, guidance=2.0), whole(x, tt, labels, guidance=2.0)) <= 1e-5
     assert den.features.runs == 2  # labels and null labels, once each
+    _, _, other = tee_inputs(3, seed=9, phantom=True)
+    assert rel(den(x, t, other, guidance=2.0), whole(x, t, other, guidance=2.0)) <= 1e-5
+    assert den.features.runs == 3  # new labels; the null labels are the same rows as before
+    assert rel(den(x, t, other), whole(x, t, other)) <= 1e-5  # unguided: one batch kept
+    assert den.features.runs == 3 and len(den.features.entries) == 1
     small = OpenVINODenoiser(eng.fixed, threads=1, label_cache=1)
     with pytest.warns(UserWarning, match="more than the label cache keeps"):
         eps = small(x, t, labels, guidance=2.0)

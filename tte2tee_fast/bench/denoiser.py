@@ -45,6 +45,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,6 +92,15 @@ class DenoiserBenchConfig:
             if backend in self.backends:
                 modes += [m for m in ENGINE_MODES[backend] if self.bf16 or "bf16" not in m]
         return tuple(modes)
+
+
+def mask_batch(runner: Callable, x: Any, labels: Any, nfe: int) -> None:
+    """One mask batch as a sampler runs it: ``nfe`` calls ``runner(x, t, labels)`` on the same
+    labels, ``t`` from 999 down (numpy arrays: ``x [B, 1, S, S]``, ``labels [B, S, S]``)."""
+    import numpy as np
+
+    for step in range(nfe):
+        runner(x, np.full(len(x), 999 - step * (999 // nfe), np.int64), labels)
 
 
 def parse_batches(text: str) -> tuple[int, ...]:

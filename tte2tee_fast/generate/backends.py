@@ -123,6 +123,7 @@ class Denoiser:
     info: dict  # JSON-able: hashes, backend, precision, engine path
     _run: Any  # (x, t, labels, guidance) -> eps
     device: str = "cpu"  # where its inputs should live (engines: host arrays, so cpu)
+    runner: Any = None  # the engine runner (OrtDenoiser, OpenVINODenoiser, ...); None on torch
 
     def __call__(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance: float = 1.0
@@ -190,13 +191,15 @@ def build_denoiser(
     engine: str | None = None,
     threads: int | None = None,
     spec: MaskR2Spec | None = None,
+    label_cache: int = 4,
 ) -> Denoiser:
     """The denoiser of ``model`` (+ ``adapter`` merged in memory) on ``backend``.
 
     ``batch``: the engine batch of ``ort`` / ``openvino`` (static shapes are faster there; a
     short batch is padded; torch ignores it); ``engine``: an engine file to run instead of the
     cached export (its metadata must name the same base and adapter hashes); ``spec``: a MaskR²
-    spec in place of the adapter's (or the model folder's) own.
+    spec in place of the adapter's (or the model folder's) own; ``label_cache``: OpenVINO's
+    (:class:`~tte2tee_fast.export.openvino.OpenVINODenoiser`; 0: the whole graph every call).
     """
     from tte2tee_fast.export.onnx_export import engine_metadata, load_merged
 
@@ -248,7 +251,11 @@ def build_denoiser(
             from tte2tee_fast.export.openvino import OpenVINODenoiser
 
             runner = OpenVINODenoiser(
-                path, precision=_OV_PRECISION[precision], threads=threads, batch=batch
+                path,
+                precision=_OV_PRECISION[precision],
+                threads=threads,
+                batch=batch,
+                label_cache=label_cache,
             )
             # the SPADE heads run once per mask batch, not per step (export/ov_split.py)
             info["label_cache"] = runner.split is not None
@@ -258,7 +265,7 @@ def build_denoiser(
         runner.metadata, str(path), meta["model_hash"], meta["adapter_hash"], spec.source.name
     )
     info["engine"] = str(path)
-    return Denoiser(backend, precision, spec, size, info, _engine_run(runner))
+    return Denoiser(backend, precision, spec, size, info, _engine_run(runner), runner=runner)
 
 
 # ----------------------------------------------------------------------------- frames

@@ -84,7 +84,8 @@ def config_hash(configuration: Any) -> str:
 
 
 # engine info keys that say where or how fast, not what: kept out of hashes and frame JSON
-NOT_IDENTITY = ("batch_size", "engine")
+# how frames are computed, not what they are: the label cache is exact in f32 (export/ov_split.py)
+NOT_IDENTITY = ("batch_size", "engine", "label_cache")
 
 
 def identity(info: Mapping[str, Any]) -> dict[str, Any]:
