@@ -114,6 +114,12 @@ def _chunked(
     return np.concatenate([o[:n] for o, n in zip(outs, sizes, strict=True)])
 
 
+def stacks_null_rows(meta: dict[str, Any], guidance: float | None) -> bool:
+    """Whether :func:`run_denoiser` runs ``[labels; null]`` rows together, twice the rows of
+    the call: a plain ``eps`` engine given a guidance scale other than 0 and 1."""
+    return meta["variant"] != "guided" and guidance is not None and float(guidance) not in (0, 1)
+
+
 def run_denoiser(
     run: BatchFn,
     meta: dict[str, Any],
@@ -138,10 +144,9 @@ def run_denoiser(
             raise InputError(f"{where}: this is a guided engine; pass a guidance scale")
         g = np.array([guidance], dtype=np.float32)  # [1]
         return _chunked(run, fixed_batch, (x, t, y), g, run_many)
-    if guidance is None or float(guidance) == 1.0:
-        return _chunked(run, fixed_batch, (x, t, y), None, run_many)
-    if float(guidance) == 0.0:
-        return _chunked(run, fixed_batch, (x, t, np.full_like(y, NULL_LABEL)), None, run_many)
+    if not stacks_null_rows(meta, guidance):  # no guidance (1), or only the null labels (0)
+        rows = y if guidance is None or float(guidance) == 1.0 else np.full_like(y, NULL_LABEL)
+        return _chunked(run, fixed_batch, (x, t, rows), None, run_many)
     b = x.shape[0]
     both = (
         np.concatenate([x, x]),

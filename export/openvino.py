@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tte2tee_fast.export.engine_io import physical_cores, run_denoiser
+from tte2tee_fast.export.engine_io import physical_cores, run_denoiser, stacks_null_rows
 from tte2tee_fast.export.metadata import (
     RT_INFO_KEY,
     as_strings,
@@ -309,10 +309,9 @@ class OpenVINODenoiser:
     ) -> np.ndarray:
         """eps ``[B, 1, H, W]`` float32 (see :mod:`tte2tee_fast.export.engine_io`)."""
         many = self._run_many if self.queue is not None else None
-        if self.features is not None and getattr(sample, "ndim", 0) == 4:  # else run_denoiser's
-            rows = sample.shape[0]  # error line
-            if self.metadata["variant"] != "guided" and guidance not in (None, 0.0, 1.0):
-                rows *= 2  # run_denoiser stacks the null-label rows under the labels
+        # a malformed sample is left to run_denoiser's error line
+        if self.features is not None and getattr(sample, "ndim", 0) == 4:
+            rows = sample.shape[0] * (2 if stacks_null_rows(self.metadata, guidance) else 1)
             self.features.fit(-(-rows // self.batch))  # split engines have a static batch
         return run_denoiser(
             self._run,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from export_helpers import engines, rel, tee_inputs, torch_eps, unmerged_reference
-from tte2tee_fast.export.engine_io import physical_cores
+from tte2tee_fast.export.engine_io import physical_cores, stacks_null_rows
 from tte2tee_fast.export.ort import OrtDenoiser, providers_for, session_options
 
 from tte2tee_fast.condition.maskr2 import builtin_spec, remap_one_hot
@@ -39,6 +39,15 @@ def test_runner_parity_chunked_and_guided(eng):
     # int32 labels and timesteps are accepted (converted), results equal
     dyn = OrtDenoiser(eng.dynamic, threads=1)
     assert np.array_equal(dyn(x, t.astype(np.int32), labels.astype(np.uint8)), dyn(x, t, labels))
+
+
+def test_which_calls_stack_null_rows():
+    """The rule run_denoiser and OpenVINO's label cache share: a plain engine given a guidance
+    scale other than 0 / 1 runs [labels; null] rows (twice the rows)."""
+    plain, guided = {"variant": "eps"}, {"variant": "guided"}
+    assert [stacks_null_rows(plain, g) for g in (None, 0, 0.0, 1, 1.0)] == [False] * 5
+    assert stacks_null_rows(plain, 2.0) and stacks_null_rows(plain, 0.5)
+    assert not any(stacks_null_rows(guided, g) for g in (None, 0.0, 1.0, 2.0))
 
 
 def test_session_options():
