@@ -45,6 +45,8 @@ def test_bench_e2e_quick_on_a_micro_model(tmp_path) -> None:
     assert roof["share"] == pytest.approx(sorted(p[2] for p in roof["pairs"])[2])
     peaks = result["mm_gflops_by_size"]["fp32"]
     assert result["peak_gflops"]["fp32"] == max(peaks.values())
+    bf16 = result["mm_gflops_by_size"].get("bf16")  # measured only where bf16 runs in hardware
+    assert result["peak_gflops"]["bf16"] == (max(bf16.values()) if bf16 else None)
     # FLOPs of the network the reference runs: the base with its LoRA layers unmerged
     peft = attach_adapter(copy.deepcopy(base), tmp_path / "lora")
     assert result["flops_per_forward"] == forward_flops(peft, 32, 5) > forward_flops(base, 32, 5)
@@ -143,6 +145,17 @@ def test_mm_rates_time_windows_and_take_the_best(monkeypatch) -> None:
     rates = e2e.mm_rates(torch.float32, sizes=(64, 128), seconds=seconds, windows=3)
     assert rates == pytest.approx({64: 100.0, 128: 300.0}, rel=1e-9)  # GFLOP/s
     assert e2e.peak_gflops(torch.float32, sizes=(64, 128), seconds=seconds) == pytest.approx(300)
+
+
+def test_bf16_peak_only_where_bf16_runs(monkeypatch) -> None:
+    """An emulated bf16 product (no bf16 hardware) is no peak: skipped unless ours runs bf16."""
+    from tte2tee_fast.generate import backends
+
+    for hardware in (False, True):
+        monkeypatch.setattr(backends, "cpu_has_bf16", lambda h=hardware: h)
+        assert set(e2e.peak_dtypes("cpu")) == ({"fp32", "bf16"} if hardware else {"fp32"})
+        assert set(e2e.peak_dtypes("cpu", "bf16")) == {"fp32", "bf16"}
+        assert set(e2e.peak_dtypes("cuda:0")) == {"fp32", "bf16"}
 
 
 def test_config_errors() -> None:

@@ -16,7 +16,8 @@ error against the phantom's own frames of the same masks; ratios ``ours / refere
 
 Roofline: FLOPs of one forward counted with ``torch.utils.flop_counter`` (a multiply-add = 2), the
 peak matrix-product rate of this machine measured in the same run (fp32 and bf16 ``torch.mm`` at
-1024 and 2048 cubed, timed windows: :func:`mm_rates`), ours' network rate as a share of the peak of
+1024 and 2048 cubed, timed windows: :func:`mm_rates`; bf16 only where it runs in hardware or ours
+runs in it, :func:`peak_dtypes`), ours' network rate as a share of the peak of
 its precision (16-bit engines against the bf16 peak, the rest against fp32; the median of five
 adjacent pairs of one forward and one mm window per size: :func:`paired_roofline`), achieved
 GFLOP/s of each pipeline, and the share of ours' time outside the network (loop, masks, encoding):
@@ -85,6 +86,7 @@ class E2EConfig:
 QUICK = {"n": 2, "n_reference": 1, "reference_steps": 8, "diffusers_steps": 4, "steps": 4}
 
 
+PEAKS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # precisions of the peak probe
 PEAK_SIZES = (1024, 2048)  # bf16 mm on the AMX machine: 1024 runs at ~60 % of 2048's rate
 
 
@@ -126,6 +128,17 @@ def _mm_window(a: torch.Tensor, b: torch.Tensor, seconds: float, device: str) ->
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
             return 2 * a.shape[0] ** 3 * count / elapsed / 1e9
+
+
+def peak_dtypes(device: str, precision: str = "fp32") -> dict[str, torch.dtype]:
+    """The precisions whose mm peak ``bench e2e`` measures: fp32 always; bf16 where the device
+    computes it in hardware (CUDA, or a CPU with AVX512_BF16 / AMX) or ours runs in it. On a CPU
+    without bf16 hardware torch emulates a bf16 product (0.9 GFLOP/s on the AVX2-only 2-core
+    machine: 19 s per 2048-cubed product), which measures no peak of anything ours runs on."""
+    from tte2tee_fast.generate.backends import cpu_has_bf16
+
+    hardware = device.startswith("cuda") or cpu_has_bf16()
+    return {k: v for k, v in PEAKS.items() if k == "fp32" or hardware or precision == k}
 
 
 def peak_gflops(dtype: torch.dtype, device: str = "cpu", **kwargs: Any) -> float:
@@ -405,12 +418,12 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
     outside = None
     if "ours" in rows:  # the denoiser calls of ours' own timed run against that run's time
         outside = 1.0 - timer.seconds / (rows["ours"]["seconds_per_frame"] * rows["ours"]["frames"])
-    peaks = {  # after the pipelines, so their warm-up does not overlap the probe
-        name: mm_rates(dtype, device=config.device)
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-    }
     precision = "bf16" if frame_fn.info.get("precision") in ("bf16", "fp16") else "fp32"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peaks = {  # after the pipelines, so their warm-up does not overlap the probe
+        name: mm_rates(dt, device=config.device)
+        for name, dt in peak_dtypes(config.device, precision).items()
+    }
     share = {  # ours' network (one forward) against the peak of its precision measured next
         "precision": precision,
         **paired_roofline(
@@ -425,7 +438,7 @@ def bench_e2e(config: E2EConfig, progress: bool = True) -> dict:
         "ours_label_cache": cached,
         "flops_label_part": label_flops,
         "flops_per_step": step_flops,
-        "peak_gflops": {k: max(v.values()) for k, v in peaks.items()},
+        "peak_gflops": {k: max(peaks[k].values()) if k in peaks else None for k in PEAKS},
         "mm_gflops_by_size": peaks,
         "ours_network_share_of_peak": share,
         "ours_forward_s_per_image": forward_s,
@@ -547,7 +560,9 @@ def markdown(result: dict) -> str:
     peak = result["peak_gflops"]
     lines.append(
         f"- network: {result['flops_per_forward'] / 1e9:.2f} GFLOP per forward; peak mm "
-        f"{peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16 (measured now)"
+        f"{peak['fp32']:.0f} GFLOP/s fp32, "
+        + (f"{peak['bf16']:.0f} GFLOP/s bf16" if peak.get("bf16") else "bf16 not measured")
+        + " (measured now)"
     )
     roof = result["ours_network_share_of_peak"]
     lines.append(
