@@ -4,8 +4,8 @@ torch fp32 (the baseline), torch bf16 (autocast + channels_last), ONNX Runtime f
 f32 and, when ``TTE2TEE_BENCH_TRT_PLAN`` names a plan from ``tte2tee export trt`` for the same
 model, TensorRT. A backend whose package is missing is skipped with the line saying what to
 install; on CUDA the CPU engines (ort, openvino) are skipped. Every row times a whole forward:
-OpenVINO's label cache is off here (export/ov_split.py; bench_label_cache.py times mask batches
-with and without it).
+the label cache of ONNX Runtime and OpenVINO is off here (export/onnx_split.py, ov_split.py;
+bench_label_cache.py times mask batches with and without it).
 
     pytest benchmarks/bench_backends.py --benchmark-only          # packaged base + phantom-tee
     TTE2TEE_BENCH_SIZE=smoke pytest benchmarks/bench_backends.py --benchmark-only

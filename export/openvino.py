@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tte2tee_fast.export.engine_io import physical_cores, run_denoiser, stacks_null_rows
+from tte2tee_fast.export.engine_io import physical_cores, run_denoiser
+from tte2tee_fast.export.label_cache import LabelCache, cache_limit
 from tte2tee_fast.export.metadata import (
     RT_INFO_KEY,
     as_strings,
@@ -51,7 +52,6 @@ from tte2tee_fast.export.ov_split import SplitModels, split_at_input
 from tte2tee_fast.errors import InputError
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}
-LABEL_CACHE_BYTES = 2 * 2**30  # most memory the label cache may hold (all its label batches)
 MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
@@ -113,56 +113,24 @@ def _boundary_as_bf16(
     return out_pp.build(), in_pp.build()
 
 
-class _LabelFeatures:
-    """The label part's outputs for the last ``capacity`` label batches, least recently used
-    dropped. :meth:`fit` sets ``capacity`` to the engine batches of one call (a sampler calls
-    with the same labels at every step; classifier-free guidance runs two engine batches per
-    call, the labels and the null labels), at most ``limit``."""
+def _label_run(ov: Any, compiled: Any, names: tuple[str, ...]) -> Any:
+    """:class:`~tte2tee_fast.export.label_cache.LabelCache`'s ``run`` of a compiled label part:
+    it writes into preallocated ``ov.Tensor`` s (a dropped batch's, else new ones)."""
+    request = compiled.create_infer_request()
 
-    def __init__(self, ov: Any, compiled: Any, names: tuple[str, ...], limit: int) -> None:
-        self.ov, self.compiled, self.names = ov, compiled, names
-        self.limit, self.capacity = limit, 1
-        self.request = compiled.create_infer_request()
-        self.entries: list[tuple[np.ndarray, dict]] = []  # (labels copy, {name: ov.Tensor})
-        self.runs = 0  # label-part inferences so far
-        self.warned = False
-
-    def fit(self, chunks: int) -> None:
-        """Keep ``chunks`` label batches from now on (at most ``limit``); the least recent beyond
-        that are dropped at the next :meth:`lookup` (not here: the batch a shrinking call needs
-        may be among them)."""
-        if chunks > self.limit and not self.warned:
-            self.warned = True
-            warnings.warn(
-                f"a call of {chunks} engine batches is more than the label cache keeps "
-                f"({self.limit}): the label part runs at every step (raise label_cache, or "
-                "call with fewer rows)",
-                UserWarning,
-                stacklevel=3,
-            )
-        self.capacity = max(1, min(chunks, self.limit))
-
-    def lookup(self, labels: np.ndarray) -> dict:
-        """``{name: tensor}`` of ``labels`` (``[B, H, W]``), run now unless kept."""
-        for i, (kept, tensors) in enumerate(self.entries):
-            if kept.shape == labels.shape and np.array_equal(kept, labels):
-                self.entries.append(self.entries.pop(i))
-                del self.entries[: max(0, len(self.entries) - self.capacity)]
-                return tensors
-        if len(self.entries) >= self.capacity:
-            tensors = self.entries[0][1]  # reuse the memory of the least recent
-            del self.entries[: len(self.entries) - self.capacity + 1]
-        else:
+    def run(labels: np.ndarray, recycled: dict | None) -> dict:
+        tensors = recycled
+        if tensors is None:
             tensors = {}
-            for name in self.names:
-                port = self.compiled.output(name)
-                tensors[name] = self.ov.Tensor(port.get_element_type(), port.get_shape())
+            for name in names:
+                port = compiled.output(name)
+                tensors[name] = ov.Tensor(port.get_element_type(), port.get_shape())
         for name, tensor in tensors.items():
-            self.request.set_tensor(name, tensor)  # the label part writes into them
-        self.request.infer({"labels": labels}, share_outputs=True)  # no copy of the features
-        self.runs += 1
-        self.entries.append((np.array(labels, copy=True), tensors))  # the caller may reuse it
+            request.set_tensor(name, tensor)  # the label part writes into them
+        request.infer({"labels": labels}, share_outputs=True)  # no copy of the features
         return tensors
+
+    return run
 
 
 class OpenVINODenoiser:
@@ -174,7 +142,7 @@ class OpenVINODenoiser:
     cache; ``threads``: INFERENCE_NUM_THREADS (default: physical cores); ``label_cache``: in
     latency mode, split off the label-only part of the graph (:mod:`~tte2tee_fast.export.ov_split`)
     and keep its outputs for as many label batches as one call has engine batches (at most
-    ``label_cache``, and at most :data:`LABEL_CACHE_BYTES` in all), least recently used dropped;
+    ``label_cache``, and at most :data:`~tte2tee_fast.export.label_cache.LABEL_CACHE_BYTES` in all), least recently used dropped;
     0: run the whole graph at every call. ``self.split`` is ``None`` when nothing was split;
     ``self.label_cache_bytes`` is the memory of one kept label batch.
     """
@@ -218,7 +186,7 @@ class OpenVINODenoiser:
         if streams is not None:
             config["NUM_STREAMS"] = int(streams)
         self.split: SplitModels | None = None  # its models dropped once compiled
-        self.features: _LabelFeatures | None = None
+        self.features: LabelCache | None = None
         self.label_cache_bytes = 0  # the label features of one engine batch
         split = None
         if label_cache > 0 and mode == "latency":
@@ -226,21 +194,13 @@ class OpenVINODenoiser:
         if split is not None:
             bf16 = precision == "bf16" and cpu_has_bf16(core)  # the graph computes them in bf16
             nbytes = split.elements * (2 if bf16 else 4)
-            limit = min(int(label_cache), LABEL_CACHE_BYTES // nbytes)
-            if limit < 1:
-                warnings.warn(
-                    f"{path}: the label features of one engine batch take {nbytes / 2**20:.1f} "
-                    f"MiB, more than the label cache's {LABEL_CACHE_BYTES / 2**20:.1f} MiB: "
-                    "the whole graph runs at every call",
-                    UserWarning,
-                    stacklevel=2,
-                )
-            else:
+            limit = cache_limit(label_cache, nbytes, self.path)
+            if limit >= 1:
                 label_model, model = split.label_model, split.step_model
                 if bf16:
                     label_model, model = _boundary_as_bf16(ov, split, label_model, model)
                 compiled = core.compile_model(label_model, device, config)
-                self.features = _LabelFeatures(ov, compiled, split.names, limit)
+                self.features = LabelCache(_label_run(ov, compiled, split.names), limit)
                 self.label_cache_bytes = nbytes
                 self.split = dataclasses.replace(split, label_model=None, step_model=None)
         self._bound: dict | None = None  # the label features the step request reads now
@@ -309,10 +269,8 @@ class OpenVINODenoiser:
     ) -> np.ndarray:
         """eps ``[B, 1, H, W]`` float32 (see :mod:`tte2tee_fast.export.engine_io`)."""
         many = self._run_many if self.queue is not None else None
-        # a malformed sample is left to run_denoiser's error line
-        if self.features is not None and getattr(sample, "ndim", 0) == 4:
-            rows = sample.shape[0] * (2 if stacks_null_rows(self.metadata, guidance) else 1)
-            self.features.fit(-(-rows // self.batch))  # split engines have a static batch
+        if self.features is not None:  # split engines have a static batch
+            self.features.fit_call(self.metadata, sample, guidance, self.batch)
         return run_denoiser(
             self._run,
             self.metadata,

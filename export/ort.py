@@ -11,6 +11,13 @@ Session options: graph optimisation ``ORT_ENABLE_ALL``, intra-op threads = physi
 A provider this onnxruntime build lacks is refused with one line saying what to install.
 ONNX Runtime has no bf16 CPU kernels: its CPU fast path is int8 (another module).
 
+Label cache (``label_cache``, CPU provider, static-batch denoiser engines): the graph is split
+at its ``labels`` input (:mod:`~tte2tee_fast.export.onnx_split`) into a label part, run once per
+label batch, and a step part, run at every call; the label part's outputs are kept for as many
+label batches as one call has engine batches (:mod:`~tte2tee_fast.export.label_cache`). The
+split is exact (the same nodes): on the packaged ``tiny`` engine at batch 8 its eps equals the
+whole graph's bit for bit; 0 runs the whole graph at every call.
+
 Example::
 
     den = OrtDenoiser("runs/tee.onnx")                     # CPU, physical cores
@@ -25,7 +32,9 @@ from typing import Any
 
 import numpy as np
 from tte2tee_fast.export.engine_io import physical_cores, run_denoiser
+from tte2tee_fast.export.label_cache import LabelCache, cache_limit
 from tte2tee_fast.export.metadata import read_metadata
+from tte2tee_fast.export.onnx_split import OnnxSplit, split_onnx_at_input
 
 from tte2tee_fast.errors import InputError
 
@@ -79,15 +88,41 @@ def providers_for(provider: str) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+def _label_run(session: Any, names: tuple[str, ...]) -> Any:
+    """:class:`~tte2tee_fast.export.label_cache.LabelCache`'s ``run`` of a label-part session:
+    into the arrays of a dropped batch where there is one (IO binding: no new 387 MB per mask
+    batch at batch 8, whose first touch costs page faults), else into new ones."""
+
+    def run(labels: np.ndarray, recycled: dict | None) -> dict:
+        if recycled is None:
+            return dict(zip(names, session.run(list(names), {"labels": labels}), strict=True))
+        binding = session.io_binding()
+        binding.bind_cpu_input("labels", np.ascontiguousarray(labels))
+        for name in names:
+            out = recycled[name]  # [B, C, H, W] float32, C-contiguous (ORT made it)
+            binding.bind_output(name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        session.run_with_iobinding(binding)
+        return recycled
+
+    return run
+
+
 class OrtDenoiser:
     """Run a denoiser engine (``tte2tee export onnx``) in ONNX Runtime.
 
     ``metadata``: the engine's metadata dict; ``batch``: its fixed batch (None = dynamic);
-    a fixed engine pads a short batch and chunks a longer one.
+    a fixed engine pads a short batch and chunks a longer one. ``label_cache``: on the CPU
+    provider, keep the label part's outputs of at most this many label batches (module
+    docstring); ``self.split`` is ``None`` when the whole graph runs at every call, and
+    ``self.label_cache_bytes`` is the memory of one kept label batch.
     """
 
     def __init__(
-        self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None
+        self,
+        path: str | os.PathLike,
+        provider: str = "cpu",
+        threads: int | None = None,
+        label_cache: int = 4,
     ) -> None:
         ort = import_onnxruntime()
         self.path = str(path)
@@ -95,13 +130,40 @@ class OrtDenoiser:
         self.batch: int | None = self.metadata["batch"]
         self.provider = provider
         self.threads = int(threads) if threads else physical_cores()
-        self.session = ort.InferenceSession(
-            self.path, session_options(self.threads), providers=providers_for(provider)
-        )
+        providers = providers_for(provider)
+        options = session_options(self.threads)
+        self.split: OnnxSplit | None = None  # its models dropped once the sessions exist
+        self.features: LabelCache | None = None
+        self.label_cache_bytes = 0
+        model: str | bytes = self.path
+        split = self._split() if label_cache > 0 and provider == "cpu" else None
+        if split is not None:
+            nbytes = split.elements * 4  # float32 features
+            limit = cache_limit(label_cache, nbytes, self.path)
+            if limit >= 1:
+                label = ort.InferenceSession(split.label_model, options, providers=providers)
+                self.features = LabelCache(_label_run(label, split.names), limit)
+                self.label_cache_bytes = nbytes
+                model = split.step_model
+                self.split = OnnxSplit(b"", b"", split.names, split.elements)
+        self.session = ort.InferenceSession(model, options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
+    def _split(self) -> OnnxSplit | None:
+        """The engine split at ``labels``; None for baked sampler graphs (one call is a whole
+        sampling run: nothing repeats between calls) and where nothing can be split."""
+        import onnx
+
+        if self.metadata["variant"] not in ("eps", "guided") or self.batch is None:
+            return None
+        return split_onnx_at_input(onnx.load(self.path))
+
     def _run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray, g: np.ndarray | None) -> np.ndarray:
-        feed = {"sample": x, "timestep": t, "labels": y}
+        feed = {"sample": x, "timestep": t}
+        if self.features is not None:
+            feed.update(self.features.lookup(y))
+        else:
+            feed["labels"] = y
         if g is not None:
             feed["guidance"] = g
         if self.provider == "cpu":
@@ -121,6 +183,8 @@ class OrtDenoiser:
         guidance: float | None = None,
     ) -> np.ndarray:
         """eps ``[B, 1, H, W]`` float32 (see :mod:`tte2tee_fast.export.engine_io`)."""
+        if self.features is not None:  # split engines have a static batch
+            self.features.fit_call(self.metadata, sample, guidance, self.batch)
         return run_denoiser(
             self._run, self.metadata, sample, timestep, labels, guidance, self.batch, self.path
         )

@@ -351,7 +351,7 @@ def ort_runner(path: str | os.PathLike, threads: int = 2) -> Runner:
     (:class:`~tte2tee_fast.export.ort.OrtDenoiser`: graph optimisation ALL, ``threads``)."""
     from tte2tee_fast.export.ort import OrtDenoiser
 
-    run = OrtDenoiser(path, "cpu", threads)
+    run = OrtDenoiser(path, "cpu", threads, label_cache=0)  # whole forwards, as OpenVINO's
     return lambda feeds: run(feeds["sample"], feeds["timestep"], feeds["labels"])
 
 

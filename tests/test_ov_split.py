@@ -103,9 +103,9 @@ def test_label_cache_drops_the_least_recently_used(eng):
 
 
 def test_label_cache_memory_limit(eng, monkeypatch):
-    from tte2tee_fast.export import openvino
+    from tte2tee_fast.export import label_cache
 
-    monkeypatch.setattr(openvino, "LABEL_CACHE_BYTES", 1024)  # smaller than one batch's features
+    monkeypatch.setattr(label_cache, "LABEL_CACHE_BYTES", 1024)  # smaller than one batch's features
     with pytest.warns(UserWarning, match="the whole graph runs at every call"):
         den = OpenVINODenoiser(eng.fixed, threads=1)
     assert den.split is None and den.features is None

@@ -225,7 +225,7 @@ def _engine_fn(mode: str, path: str, batch: int, threads: int) -> tuple[Callable
     if mode == "ort_fp32":
         from tte2tee_fast.export.ort import OrtDenoiser
 
-        return OrtDenoiser(path, threads=threads), "fp32"
+        return OrtDenoiser(path, threads=threads, label_cache=0), "fp32"  # whole forwards
     import warnings
 
     from tte2tee_fast.export.openvino import OpenVINODenoiser

@@ -20,8 +20,9 @@ a CPU against 60 for ONNX Runtime fp32); on other CPUs ONNX Runtime fp32 (measur
 OpenVINO f32 on the AVX2-only development machine: 116 vs 161-298 ms per image at batch 8,
 ``benchmarks/RESULTS.md``), then OpenVINO, then torch fp32.
 A backend whose package or device is missing fails with one line saying what to install.
-``openvino`` runs the label-only part of the graph (MaskR², the SPADE heads) once per mask batch
-and only the rest at every step (``info["label_cache"]``; export/ov_split.py).
+``ort`` and ``openvino`` run the label-only part of the graph (MaskR², the SPADE heads) once per
+mask batch and only the rest at every step (``info["label_cache"]``; export/onnx_split.py,
+export/ov_split.py).
 """
 
 from __future__ import annotations
@@ -198,8 +199,9 @@ def build_denoiser(
     ``batch``: the engine batch of ``ort`` / ``openvino`` (static shapes are faster there; a
     short batch is padded; torch ignores it); ``engine``: an engine file to run instead of the
     cached export (its metadata must name the same base and adapter hashes); ``spec``: a MaskR²
-    spec in place of the adapter's (or the model folder's) own; ``label_cache``: OpenVINO's
-    (:class:`~tte2tee_fast.export.openvino.OpenVINODenoiser`; 0: the whole graph every call).
+    spec in place of the adapter's (or the model folder's) own; ``label_cache``: the label cache
+    of ``ort`` and ``openvino`` (:class:`~tte2tee_fast.export.ort.OrtDenoiser`,
+    :class:`~tte2tee_fast.export.openvino.OpenVINODenoiser`; 0: the whole graph every call).
     """
     from tte2tee_fast.export.onnx_export import engine_metadata, load_merged
 
@@ -246,7 +248,8 @@ def build_denoiser(
         if backend == "ort":
             from tte2tee_fast.export.ort import OrtDenoiser
 
-            runner = OrtDenoiser(path, threads=threads)
+            runner = OrtDenoiser(path, threads=threads, label_cache=label_cache)
+            info["label_cache"] = runner.split is not None  # export/onnx_split.py
         else:
             from tte2tee_fast.export.openvino import OpenVINODenoiser
 
