@@ -5,7 +5,8 @@ f32 and, when ``TTE2TEE_BENCH_TRT_PLAN`` names a plan from ``tte2tee export trt`
 model, TensorRT. A backend whose package is missing is skipped with the line saying what to
 install; on CUDA the CPU engines (ort, openvino) are skipped. Every row times a whole forward:
 the label cache of ONNX Runtime and OpenVINO is off here (export/onnx_split.py, ov_split.py;
-bench_label_cache.py times mask batches with and without it).
+bench_label_cache.py times OpenVINO's mask batches with and without it,
+probes/label_cache_rounds.py either runtime's).
 
     pytest benchmarks/bench_backends.py --benchmark-only          # packaged base + phantom-tee
     TTE2TEE_BENCH_SIZE=smoke pytest benchmarks/bench_backends.py --benchmark-only

@@ -57,7 +57,7 @@ class LabelCache:
         self.runs = 0  # label-part runs so far
         self.warned = False
 
-    def fit(self, chunks: int) -> None:
+    def fit(self, chunks: int, stacklevel: int = 3) -> None:
         """Keep ``chunks`` label batches from now on (at most ``limit``); the least recent beyond
         that are dropped at the next :meth:`lookup` (not here: the batch a shrinking call needs
         may be among them)."""
@@ -68,7 +68,7 @@ class LabelCache:
                 f"({self.limit}): the label part runs at every step (raise label_cache, or "
                 "call with fewer rows)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         self.capacity = max(1, min(chunks, self.limit))
 
@@ -78,7 +78,7 @@ class LabelCache:
         malformed sample is left to the runner's error line."""
         if getattr(sample, "ndim", 0) == 4:
             rows = sample.shape[0] * (2 if stacks_null_rows(meta, guidance) else 1)
-            self.fit(-(-rows // batch))
+            self.fit(-(-rows // batch), stacklevel=4)  # the runner's caller
 
     def lookup(self, labels: np.ndarray) -> dict:
         """``{name: features}`` of ``labels`` (``[B, H, W]``), run now unless kept."""

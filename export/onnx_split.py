@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 SUBGRAPH_ATTRS = (5, 10)  # AttributeProto.GRAPH, GRAPHS: If / Loop / Scan bodies
+RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
+RANDOM_OPS |= {"Multinomial", "Bernoulli"}  # a fresh draw per run: never cached
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ class OnnxSplit:
     label_model: bytes  # labels -> boundary tensors
     step_model: bytes  # the other inputs + boundary tensors -> the original outputs
     names: tuple[str, ...]  # boundary tensor names: outputs of one, inputs of the other
-    elements: int  # boundary elements per call (memory held between the two)
+    elements: int  # boundary elements per call
+    nbytes: int  # their memory (held between the two halves, per engine batch)
 
 
 def _inferred(model: Any) -> Any:
@@ -93,9 +96,13 @@ def _label_only(graph: Any, name: str) -> set[str]:
     for init in graph.initializer:
         dep.setdefault(init.name, None)  # a constant
     for node in graph.node:
-        reads = [dep.get(i) for i in node.input if i]
-        if False in reads or any(a.type in SUBGRAPH_ATTRS for a in node.attribute):
-            state = False  # a subgraph may read anything: keep it in the step
+        reads = [dep.get(i, False) for i in node.input if i]  # unknown (unsorted): the step's
+        if (
+            False in reads
+            or node.op_type in RANDOM_OPS
+            or any(a.type in SUBGRAPH_ATTRS for a in node.attribute)
+        ):
+            state = False  # a subgraph may read anything, noise must not be kept: the step
         elif True in reads:
             state = True
         else:
@@ -107,8 +114,10 @@ def _label_only(graph: Any, name: str) -> set[str]:
 
 def split_onnx_at_input(model: Any, name: str = "labels") -> OnnxSplit | None:
     """Split ``model`` (an ``onnx.ModelProto``) at input ``name``; ``None`` if no label-only
-    ``Conv`` feeds the rest or a boundary tensor has no static shape."""
+    ``Conv`` feeds the rest, a boundary tensor has no static shape, or a step node reads
+    ``name`` itself (the step model would need it too)."""
     import onnx
+    from onnx import helper
     from onnx.utils import Extractor
 
     if name not in {i.name for i in model.graph.input}:
@@ -121,6 +130,8 @@ def split_onnx_at_input(model: Any, name: str = "labels") -> OnnxSplit | None:
     for node in graph.node:
         if any(o in label_only for o in node.output):
             continue
+        if name in node.input:
+            return None
         boundary += [i for i in node.input if i in label_only and i not in boundary]
     boundary += [o for o in outputs if o in label_only and o not in boundary]
     convs = [n for n in graph.node if n.op_type == "Conv" and n.output[0] in label_only]
@@ -133,10 +144,14 @@ def split_onnx_at_input(model: Any, name: str = "labels") -> OnnxSplit | None:
     step_model = extractor.extract_model(others + boundary, [o.name for o in graph.output])
     for part in (label_model, step_model):
         onnx.checker.check_model(part)
-    elements = sum(math.prod(shapes[b]) for b in boundary)
+    types = {o.name: o.type.tensor_type.elem_type for o in label_model.graph.output}
+    nbytes = sum(
+        math.prod(shapes[b]) * helper.tensor_dtype_to_np_dtype(types[b]).itemsize for b in boundary
+    )
     return OnnxSplit(
         label_model.SerializeToString(),
         step_model.SerializeToString(),
         tuple(boundary),
-        elements,
+        sum(math.prod(shapes[b]) for b in boundary),
+        nbytes,
     )

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -99,8 +100,8 @@ def _label_run(session: Any, names: tuple[str, ...]) -> Any:
         binding = session.io_binding()
         binding.bind_cpu_input("labels", np.ascontiguousarray(labels))
         for name in names:
-            out = recycled[name]  # [B, C, H, W] float32, C-contiguous (ORT made it)
-            binding.bind_output(name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+            out = recycled[name]  # [B, C, H, W], C-contiguous (ORT made it), its own dtype
+            binding.bind_output(name, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
         session.run_with_iobinding(binding)
         return recycled
 
@@ -114,7 +115,8 @@ class OrtDenoiser:
     a fixed engine pads a short batch and chunks a longer one. ``label_cache``: on the CPU
     provider, keep the label part's outputs of at most this many label batches (module
     docstring); ``self.split`` is ``None`` when the whole graph runs at every call, and
-    ``self.label_cache_bytes`` is the memory of one kept label batch.
+    ``self.label_cache_bytes`` is the memory of one kept label batch. One runner serves one
+    thread: a label run may overwrite the features of the batch it drops.
     """
 
     def __init__(
@@ -138,14 +140,14 @@ class OrtDenoiser:
         model: str | bytes = self.path
         split = self._split() if label_cache > 0 and provider == "cpu" else None
         if split is not None:
-            nbytes = split.elements * 4  # float32 features
+            nbytes = split.nbytes
             limit = cache_limit(label_cache, nbytes, self.path)
             if limit >= 1:
                 label = ort.InferenceSession(split.label_model, options, providers=providers)
                 self.features = LabelCache(_label_run(label, split.names), limit)
                 self.label_cache_bytes = nbytes
                 model = split.step_model
-                self.split = OnnxSplit(b"", b"", split.names, split.elements)
+                self.split = OnnxSplit(b"", b"", split.names, split.elements, nbytes)
         self.session = ort.InferenceSession(model, options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
@@ -156,7 +158,16 @@ class OrtDenoiser:
 
         if self.metadata["variant"] not in ("eps", "guided") or self.batch is None:
             return None
-        return split_onnx_at_input(onnx.load(self.path))
+        try:
+            return split_onnx_at_input(onnx.load(self.path))
+        except Exception as e:  # an engine the ONNX tools cannot cut (contrib ops, ...): whole
+            warnings.warn(
+                f"{self.path}: no label cache ({type(e).__name__}: {e}); the whole graph runs "
+                "at every call",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None
 
     def _run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray, g: np.ndarray | None) -> np.ndarray:
         feed = {"sample": x, "timestep": t}

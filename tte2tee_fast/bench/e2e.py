@@ -22,8 +22,8 @@ its precision (16-bit engines against the bf16 peak, the rest against fp32; the 
 adjacent pairs of one forward and one mm window per size: :func:`paired_roofline`), achieved
 GFLOP/s of each pipeline, and the share of ours' time outside the network (loop, masks, encoding):
 its timed run less the seconds spent inside its denoiser calls during that run (measured in the
-same run: forwards timed apart from it ran up to 25 % slower on this shared host). With OpenVINO's
-label cache (export/ov_split.py) ours runs the SPADE heads once per mask batch: its FLOPs per frame
+same run: forwards timed apart from it ran up to 25 % slower on this shared host). With the
+label cache (export/ov_split.py, onnx_split.py) ours runs the SPADE heads once per mask batch: its FLOPs per frame
 are then ``label part + NFE x step``, its roofline is the step's rate (FLOPs without the heads,
 timed with repeated labels), and the label part's time is reported (a forward on new labels less
 one on repeated labels). Every pipeline is timed after an untimed warm-up (the torch ones: one
@@ -160,7 +160,7 @@ def flops_by_op(model: torch.nn.Module, size: int, channels: int) -> dict[str, i
 
 def label_part_flops(model: torch.nn.Module, size: int, channels: int) -> int:
     """FLOPs of one image in the SPADE heads (``shared``, ``mlp_gamma``, ``mlp_beta`` of every
-    SPADE norm): the part that depends on the labels only, which the OpenVINO label cache runs
+    SPADE norm): the part that depends on the labels only, which the label cache of OpenVINO and ONNX Runtime runs
     once per mask batch instead of at every step (export/ov_split.py)."""
     from tte2tee_fast.models.blocks import SPADEGroupNorm
 
@@ -270,7 +270,7 @@ def run_ours(frame_fn: Any, labels: np.ndarray, timer: _DenoiserTimer | None = N
 
 
 def _label_runs(frame_fn: Any) -> int:
-    """Label-part runs so far of ``frame_fn``'s OpenVINO label cache (0 without one)."""
+    """Label-part runs so far of ``frame_fn``'s label cache (0 without one)."""
     features = getattr(getattr(frame_fn.den, "runner", None), "features", None)
     return 0 if features is None else int(features.runs)
 
