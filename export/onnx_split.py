@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 SUBGRAPH_ATTRS = (5, 10)  # AttributeProto.GRAPH, GRAPHS: If / Loop / Scan bodies
 RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
 RANDOM_OPS |= {"Multinomial", "Bernoulli"}  # a fresh draw per run: never cached
@@ -75,18 +77,12 @@ def fold_static_shapes(model: Any) -> Any:
             dims = shapes[node.input[0]]
             attrs = {a.name: a.i for a in node.attribute}
             value = dims[attrs.get("start", 0) : attrs.get("end", len(dims))]
-            tensor = numpy_helper.from_array(_int64(value), node.output[0])
+            tensor = numpy_helper.from_array(np.asarray(value, np.int64), node.output[0])
             node = helper.make_node("Constant", [], [node.output[0]], value=tensor)
         nodes.append(node)
     del folded.graph.node[:]
     folded.graph.node.extend(nodes)
     return folded
-
-
-def _int64(values: list[int]) -> Any:
-    import numpy as np
-
-    return np.asarray(values, dtype=np.int64)
 
 
 def _label_only(graph: Any, name: str) -> set[str]:

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Any
@@ -98,7 +99,8 @@ def _label_run(session: Any, names: tuple[str, ...]) -> Any:
         if recycled is None:
             return dict(zip(names, session.run(list(names), {"labels": labels}), strict=True))
         binding = session.io_binding()
-        binding.bind_cpu_input("labels", np.ascontiguousarray(labels))
+        labels = np.ascontiguousarray(labels)  # held here while ORT reads it
+        binding.bind_cpu_input("labels", labels)
         for name in names:
             out = recycled[name]  # [B, C, H, W], C-contiguous (ORT made it), its own dtype
             binding.bind_output(name, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
@@ -140,14 +142,13 @@ class OrtDenoiser:
         model: str | bytes = self.path
         split = self._split() if label_cache > 0 and provider == "cpu" else None
         if split is not None:
-            nbytes = split.nbytes
-            limit = cache_limit(label_cache, nbytes, self.path)
+            limit = cache_limit(label_cache, split.nbytes, self.path)
             if limit >= 1:
                 label = ort.InferenceSession(split.label_model, options, providers=providers)
                 self.features = LabelCache(_label_run(label, split.names), limit)
-                self.label_cache_bytes = nbytes
+                self.label_cache_bytes = split.nbytes
                 model = split.step_model
-                self.split = OnnxSplit(b"", b"", split.names, split.elements, nbytes)
+                self.split = dataclasses.replace(split, label_model=b"", step_model=b"")
         self.session = ort.InferenceSession(model, options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
 

@@ -249,7 +249,6 @@ def build_denoiser(
             from tte2tee_fast.export.ort import OrtDenoiser
 
             runner = OrtDenoiser(path, threads=threads, label_cache=label_cache)
-            info["label_cache"] = runner.split is not None  # export/onnx_split.py
         else:
             from tte2tee_fast.export.openvino import OpenVINODenoiser
 
@@ -260,8 +259,8 @@ def build_denoiser(
                 batch=batch,
                 label_cache=label_cache,
             )
-            # the SPADE heads run once per mask batch, not per step (export/ov_split.py)
-            info["label_cache"] = runner.split is not None
+        # the SPADE heads run once per mask batch, not per step (export/onnx_split.py, ov_split.py)
+        info["label_cache"] = runner.split is not None
     from tte2tee_fast.export.metadata import check_engine
 
     check_engine(
