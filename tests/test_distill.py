@@ -38,10 +38,12 @@ SPEC = builtin_spec("tee->tte")
 S = 32  # micro sample size
 
 
-@pytest.fixture()
-def teacher(tmp_path):
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
     """A v-prediction micro base, a random all-targets rank-1 adapter, and that teacher's
-    trajectories (unipc 16 from 999) on 6 training and 3 held-out (noise, mask) pairs."""
+    trajectories (unipc 16 from 999) on 6 training and 3 held-out (noise, mask) pairs; built
+    once for the module (the tests copy the base and only read the rest)."""
+    tmp_path = tmp_path_factory.mktemp("teacher")
     base = random_micro(0, prediction_type="v").eval()
     adapter_dir = tmp_path / "teacher-adapter"
     make_adapter(base, adapter_dir, preset="all", rank=1)
