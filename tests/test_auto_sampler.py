@@ -48,7 +48,7 @@ def test_an_adapter_folder_plan_comes_first_only_for_its_own_network(tmp_path) -
 
     den = build_denoiser(None, "phantom-tee", "torch", "fp32", batch=1)
     merged = den.info["merged_hash"]
-    plan = load_plan(plan_file("phantom-tee-nfe3"))  # any plan made for this network
+    plan = load_plan(plan_file("phantom-tee-nfe4"))  # any plan made for this network
     folder = tmp_path / "student"
     folder.mkdir()
     plan.save(folder / "plan.json")

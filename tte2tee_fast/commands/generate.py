@@ -29,7 +29,7 @@ from tte2tee_fast.commands import backend_options, device_option, merged_adapter
     show_default=True,
     help="auto, ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc, or "
     "plan:FILE|NAME (a learned plan: tte2tee tune-plan; packaged: plan:phantom-tee-nfe4; "
-    "--steps unused). auto: the packaged 4-NFE plan tuned for this model, else unipc.",
+    "--steps unused). auto: the packaged 3-NFE plan tuned for this model, else unipc.",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option(

@@ -1,10 +1,16 @@
 """``--sampler auto``: the plan made for the model being run, else unipc.
 
-The choice is measured, not assumed (``benchmarks/RESULTS.md``, "Where the ODE starts"): on the
-packaged base + ``phantom-tee`` the 4-NFE plan scores within 1 Dice point of ancestral DDPM
-1000 on the same frames (93.6 against 94.4, 8 frames), keeps every region mean within 10 % of
-the phantom's and is 2.5x faster than unipc 10; the 2- and 3-NFE plans are faster still but
-were not chosen (NFE 2: a region 12 % off; NFE 3: 6 % from the ODE against plan 4's 3 %). A
+The choice is measured, not assumed: the fewest-NFE packaged plan that keeps structural
+fidelity within 1 Dice point of ancestral DDPM 1000 (issue 16's "equal fidelity") on both
+packaged models and every region mean within 10 % of the phantom's. That is plan 3
+(``benchmarks/RESULTS.md``, "Few-step benchmark at 64 frames" and "Three steps by default"):
+on DDPM 1000's 16 frames 94.0 against 94.6 (TEE adapter) and 94.4 against 94.7 (TTE base),
+where plan 4 scored 93.7 and 94.2; on 200 frames of ``generate`` the same Dice as plan 4
+(92.67 [92.32, 93.01] against 92.68 [92.31, 93.01]) at 1.37x the frames/s (one run each).
+What it gives up: it is 5.9 % from the converged ODE (plan 4: 3.2 %), a little realism (KID
+0.00047 against 0.00041 ± 0.00004), and its largest region-mean error on the 64-frame
+benchmark is 9.9 % (plan 4: 7.1 %). Plan 2 was not chosen: a TEE region mean 16.5 % off and
+twice plan 3's KID. A
 plan only fits the network it was tuned on, so one is picked only when its recorded
 ``source.model.merged_hash`` (and guidance) matches; any other model gets unipc at the
 configured steps on the configured grid.
@@ -19,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 AUTO = "auto"
-AUTO_NFE = 4  # the packaged plan size picked by `auto` (module docstring)
+AUTO_NFE = 3  # the packaged plan size picked by `auto` (module docstring)
 FALLBACK = "unipc"
 ADAPTER_PLAN = "plan.json"  # the plan a distilled adapter folder carries
 
