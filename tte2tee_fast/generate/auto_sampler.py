@@ -10,10 +10,9 @@ where plan 4 scored 93.7 and 94.2; on 200 frames of ``generate`` the same Dice a
 What it gives up: it is 5.9 % from the converged ODE (plan 4: 3.2 %), a little realism (KID
 0.00047 against 0.00041 ± 0.00004), and its largest region-mean error on the 64-frame
 benchmark is 9.9 % (plan 4: 7.1 %). Plan 2 was not chosen: a TEE region mean 16.5 % off and
-twice plan 3's KID. A
-plan only fits the network it was tuned on, so one is picked only when its recorded
-``source.model.merged_hash`` (and guidance) matches; any other model gets unipc at the
-configured steps on the configured grid.
+twice plan 3's KID. A plan only fits the network it was tuned on, so one is picked only when
+its recorded ``source.model.merged_hash`` (and guidance) matches; any other model gets unipc at
+the configured steps on the configured grid.
 
 A distilled student (``tte2tee distill``) carries its own plan as ``plan.json`` in its adapter
 folder: the student was trained for that plan, so ``auto`` takes it first (whatever its NFE)
